@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fastmed-installed
+
+.PHONY: demo test venv export sync-check nbtest pytest readme clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: venv
+	MPLBACKEND=Agg $(BIN)/python -m fastmed.demo
+
+export: venv
+	$(BIN)/nbdev-export
+
+# nbs/ is the source: exporting must not change fastmed/
+sync-check: export
+	@git diff --exit-code --stat -- fastmed || (echo "fastmed/ is out of sync with nbs/: run nbdev-export and commit" && exit 1)
+	@test -z "$$(git status --porcelain --untracked-files=all -- fastmed)" || (git status --short -- fastmed; echo "untracked files in fastmed/: commit them" && exit 1)
+
+nbtest: venv
+	MPLBACKEND=Agg $(BIN)/nbdev-test --n-workers 2 --timing
+
+pytest: venv
+	MPLBACKEND=Agg $(BIN)/pytest tests -q
+
+test: sync-check nbtest pytest
+
+# README.md is generated from nbs/index.ipynb (Quarto is not needed)
+readme: venv
+	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
+
+clean:
+	rm -rf _docs _proc .pytest_cache demo_output
