@@ -1,0 +1,10 @@
+"Shared pytest set-up for the end-to-end tests: headless plotting and a small, deterministic hypothesis profile."
+import os
+
+os.environ.setdefault('MPLBACKEND', 'Agg')
+
+from hypothesis import settings, HealthCheck
+
+settings.register_profile('fastmed', deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile('fastmed')
