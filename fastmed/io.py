@@ -26,13 +26,20 @@ from torchio.data.io import get_ras_affine_from_sitk
 __all__ = ['MedicalInputError', 'read_nifti', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_channels', 'read_volume']
 
 # %% ../nbs/00_io.ipynb #fe4669f5
+def _worker_message(msg:str) -> str:
+    "The original message inside a PyTorch DataLoader worker traceback (or `msg` unchanged)."
+    marker = 'MedicalInputError: '
+    if not (msg.startswith('Caught ') and 'Original Traceback' in msg and marker in msg): return msg
+    return msg.rsplit(marker, 1)[1]
+
+# %% ../nbs/00_io.ipynb #1c7b575e
 class MedicalInputError(ValueError):
     "Bad medical image input; the one-line message names the file (or argument) and what is wrong with it."
     def __init__(self,
         source, # File, folder or argument at fault (or the whole message when `problem` is None)
         problem:str|None=None, # What is wrong with it
     ):
-        msg = str(source) if problem is None else f"'{source}': {problem}"
+        msg = _worker_message(str(source)) if problem is None else f"'{source}': {problem}"
         super().__init__(' '.join(l.strip() for l in msg.splitlines() if l.strip()))
 
 # %% ../nbs/00_io.ipynb #49e0d6b3
