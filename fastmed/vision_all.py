@@ -7,7 +7,7 @@ Docs: https://fastmed.github.io/fastmed/vision_all.html.md"""
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/09_vision_all.ipynb #63398171
+# %% ../nbs/09_vision_all.ipynb #e2d5a8ec
 from fastai.vision.all import *
 import monai
 from monai.networks.nets import (UNet, AttentionUnet, BasicUNet, DynUNet, SegResNet, UNETR, SwinUNETR, Classifier,
@@ -18,9 +18,10 @@ from .core import *
 from .synthetic import *
 from .transforms import *
 from .data import *
+from .dataset import *
 from .losses import *
 from .metrics import *
 from .inference import *
 
-# %% ../nbs/09_vision_all.ipynb #4d2266fd
+# %% ../nbs/09_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]
