@@ -59,7 +59,8 @@ def test_classification_new_spellings_give_same_items(nodules):
 
 @pytest.fixture(scope='module')
 def ixi_tiny(tmp_path_factory):
-    return make_brain_dataset(tmp_path_factory.mktemp('ixi') / 'IXITiny', n=24, seed=2)
+    # IXI Tiny's layout and anisotropy at half its resolution, so lr_find's 100 steps fit the CPU test budget
+    return make_brain_dataset(tmp_path_factory.mktemp('ixi') / 'IXITiny', n=24, shape=(22, 28, 42), spacing=(8., 8., 4.), seed=2)
 
 
 def test_segmentation_walkthrough_reaches_dice(ixi_tiny, tmp_path, monkeypatch):
@@ -85,7 +86,7 @@ def test_segmentation_walkthrough_reaches_dice(ixi_tiny, tmp_path, monkeypatch):
     lr = learn.lr_find(show_plot=False)
     assert lr.valley > 0
     learn.fit_flat_cos(2, lr.valley)
-    learn.fit_one_cycle(6, 1e-2)  # a few more CPU epochs than the paper's 2 GPU epochs on 566 real subjects
+    learn.fit_one_cycle(12, 1e-2)  # more epochs than the paper's 2: 19 training subjects here, 566 there
     dice, hd95 = [float(v) for v in learn.validate()[1:]]
     assert dice > 0.8, dice
     assert 0 <= hd95 < 20, hd95
