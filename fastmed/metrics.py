@@ -1,4 +1,4 @@
-"""Dice and 95th-percentile Hausdorff distance for binary and multi-class 3D segmentation, as fastai metrics.
+"""Dice, HD95, ASSD, surface dice, sensitivity, precision and volume error for 3D segmentation: fastai metrics, an epoch-accumulated Dice, and a per-case evaluation table.
 
 Docs: https://fastmed.github.io/fastmed/metrics.html.md"""
 
@@ -7,13 +7,25 @@ Docs: https://fastmed.github.io/fastmed/metrics.html.md"""
 # %% ../nbs/06_metrics.ipynb #38839091
 from __future__ import annotations
 
+import math
 import warnings
+from pathlib import Path
 import numpy as np
+import pandas as pd
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from fastcore.basics import store_attr
+from fastai.learner import Metric, AvgMetric
+from fastai.torch_core import find_bs
+from monai.metrics import (compute_dice, compute_hausdorff_distance, compute_average_surface_distance,
+                           compute_surface_dice)
+from .io import MedicalInputError
+from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels
 
 # %% auto #0
-__all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance']
+__all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
+           'multi_assd', 'binary_surface_dice', 'multi_surface_dice', 'SurfaceDice', 'binary_sensitivity',
+           'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric',
+           'evaluate_segmentations']
 
 # %% ../nbs/06_metrics.ipynb #d20fa773
 def _plain(t:torch.Tensor) -> torch.Tensor:
@@ -27,7 +39,7 @@ def _binary_pred(
     pred = _plain(pred)
     if pred.shape[1] == 1: return (torch.sigmoid(pred) > 0.5).long()
     if pred.shape[1] == 2: return pred.argmax(1, keepdim=True)
-    raise ValueError(f"pred: a binary metric needs 1 or 2 channels, got shape {tuple(pred.shape)}")
+    raise MedicalInputError('pred', f"a binary metric needs 1 or 2 channels, got shape {tuple(pred.shape)}")
 
 def _onehot_fg(
     lbl:torch.Tensor, # Label mask (B, 1, ...)
@@ -36,14 +48,32 @@ def _onehot_fg(
     "One boolean channel per foreground class 1..n_classes-1."
     return torch.cat([lbl == c for c in range(1, n_classes)], 1)
 
+def _check_shapes(pred:torch.Tensor, targ:torch.Tensor):
+    "MedicalInputError unless `targ` is (B, 1, ...) with `pred`'s batch size and spatial shape."
+    ps, ts = tuple(pred.shape), tuple(targ.shape)
+    if len(ts) != len(ps) or ts[:2] != (ps[0], 1) or ts[2:] != ps[2:]:
+        raise MedicalInputError('targ', f"shape {ts} does not fit pred shape {ps}: expected (B, 1, ...) with pred's B and spatial shape")
+
+def _binary_masks(pred:torch.Tensor, targ:torch.Tensor) -> tuple:
+    "Boolean predicted and target foreground (B, 1, ...) from binary logits and a label mask."
+    _check_shapes(pred, targ)
+    return _binary_pred(pred) > 0, _plain(targ) > 0
+
+def _multi_masks(pred:torch.Tensor, targ:torch.Tensor) -> tuple:
+    "Boolean one-hot prediction (argmax) and target for the foreground classes 1..C-1, each (B, C-1, ...)."
+    _check_shapes(pred, targ)
+    n = pred.shape[1]
+    if n < 2: raise MedicalInputError('pred', f"a multi-class metric needs C >= 2 channels, got shape {tuple(pred.shape)}")
+    return _onehot_fg(_plain(pred).argmax(1, keepdim=True), n), _onehot_fg(_plain(targ).long(), n)
+
 # %% ../nbs/06_metrics.ipynb #d009d007
 def binary_dice_score(
     pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
     targ:torch.Tensor, # Label mask (B, 1, ...); non-zero is foreground
 ) -> torch.Tensor: # Mean Dice over the batch, 0-d
     "Batch mean of the per-item Dice of a binary segmentation; empty prediction and empty target score 1."
-    fg = (_plain(targ) > 0).long()
-    return compute_dice(_binary_pred(pred), fg, include_background=True, ignore_empty=False).mean()
+    p, t = _binary_masks(pred, targ)
+    return compute_dice(p.long(), t.long(), include_background=True, ignore_empty=False).mean()
 
 # %% ../nbs/06_metrics.ipynb #695df529
 def multi_dice_score(
@@ -51,10 +81,9 @@ def multi_dice_score(
     targ:torch.Tensor, # Label mask (B, 1, ...) with labels 0..C-1
 ) -> torch.Tensor: # Per-class Dice for classes 1..C-1, shape (C-1,); NaN where a class is absent everywhere
     "Per-class Dice (background excluded), averaged over the items where the class is in the target or prediction."
-    n = pred.shape[1]
-    lbl, targ = _plain(pred).argmax(1, keepdim=True), _plain(targ).long()
-    dice = compute_dice(lbl, targ, include_background=False, ignore_empty=False, num_classes=n)  # (B, C-1)
-    present = (_onehot_fg(lbl, n) | _onehot_fg(targ, n)).flatten(2).any(-1)                      # (B, C-1)
+    p, t = _multi_masks(pred, targ)
+    dice = compute_dice(p.float(), t.float(), include_background=True, ignore_empty=False)  # (B, C-1)
+    present = (p | t).flatten(2).any(-1)                                                  # (B, C-1)
     return (dice * present).sum(0) / present.sum(0)
 
 # %% ../nbs/06_metrics.ipynb #f0e48409
@@ -65,19 +94,34 @@ def _spacing(targ) -> list | None:
     sp = torch.as_tensor(sp, dtype=torch.float64).cpu()
     return sp.tolist()
 
-def _hd95(
-    pred:torch.Tensor, # Boolean one-hot prediction (B, K, ...), on the CPU
-    targ:torch.Tensor, # Boolean one-hot target (B, K, ...), on the CPU
-    spacing:list|None, # Voxel spacing for MONAI, or None
-) -> torch.Tensor: # HD95 per item and class, (B, K)
-    "MONAI's symmetric HD95 per item and channel: 0 when both masks are empty, NaN when only one is."
+def _quiet(fn, *args, **kwargs):
+    "Call the MONAI metric `fn` with its empty-mask warnings silenced (the callers apply their own conventions)."
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        hd = compute_hausdorff_distance(pred, targ, include_background=True, percentile=95, spacing=spacing)
+        return fn(*args, **kwargs)
+
+def _empty_rule(
+    values:torch.Tensor, # Metric per item and channel (B, K)
+    pred:torch.Tensor, # Boolean one-hot prediction (B, K, ...)
+    targ:torch.Tensor, # Boolean one-hot target (B, K, ...)
+    both:float, # Value where both masks are empty
+    one:float, # Value where exactly one mask is empty
+) -> torch.Tensor: # `values` with the conventions applied
+    "Set the values of empty-mask items and channels: `both` where both are empty, `one` where only one is."
     p_any, t_any = pred.flatten(2).any(-1), targ.flatten(2).any(-1)
-    hd[~p_any & ~t_any] = 0.
-    hd[p_any ^ t_any] = float('nan')
-    return hd
+    values[~p_any & ~t_any] = both
+    values[p_any ^ t_any] = one
+    return values
+
+def _hd95(pred:torch.Tensor, targ:torch.Tensor, spacing:list|None) -> torch.Tensor:
+    "MONAI's symmetric HD95 per item and channel of boolean one-hot CPU masks: 0 when both are empty, NaN when one is."
+    hd = _quiet(compute_hausdorff_distance, pred, targ, include_background=True, percentile=95, spacing=spacing)
+    return _empty_rule(hd, pred, targ, 0., math.nan)
+
+def _assd(pred:torch.Tensor, targ:torch.Tensor, spacing:list|None) -> torch.Tensor:
+    "MONAI's average symmetric surface distance per item and channel: 0 when both masks are empty, NaN when one is."
+    asd = _quiet(compute_average_surface_distance, pred, targ, include_background=True, symmetric=True, spacing=spacing)
+    return _empty_rule(asd, pred, targ, 0., math.nan)
 
 # %% ../nbs/06_metrics.ipynb #db7c74cb
 def binary_hausdorff_distance(
@@ -85,9 +129,8 @@ def binary_hausdorff_distance(
     targ:torch.Tensor, # Label mask (B, 1, ...), non-zero is foreground; optional `.spacing` in mm
 ) -> torch.Tensor: # NaN-ignoring batch mean of HD95, 0-d (mm with spacing, else voxels)
     "Batch nanmean of the 95th-percentile Hausdorff distance of a binary segmentation."
-    spacing = _spacing(targ)
-    p, t = _binary_pred(pred).cpu() > 0, _plain(targ).cpu() > 0
-    return torch.nanmean(_hd95(p, t, spacing))
+    p, t = _binary_masks(pred, targ)
+    return torch.nanmean(_hd95(p.cpu(), t.cpu(), _spacing(targ)))
 
 # %% ../nbs/06_metrics.ipynb #07870db8
 def multi_hausdorff_distance(
@@ -95,6 +138,311 @@ def multi_hausdorff_distance(
     targ:torch.Tensor, # Label mask (B, 1, ...) with labels 0..C-1; optional `.spacing` in mm
 ) -> torch.Tensor: # Per-class HD95 for classes 1..C-1, shape (C-1,)
     "Per-class 95th-percentile Hausdorff distance (background excluded), NaN-ignoring mean over the batch."
-    n, spacing = pred.shape[1], _spacing(targ)
-    lbl, t = _plain(pred).argmax(1, keepdim=True).cpu(), _plain(targ).cpu()
-    return torch.nanmean(_hd95(_onehot_fg(lbl, n), _onehot_fg(t, n), spacing), 0)
+    p, t = _multi_masks(pred, targ)
+    return torch.nanmean(_hd95(p.cpu(), t.cpu(), _spacing(targ)), 0)
+
+# %% ../nbs/06_metrics.ipynb #06c6493d
+def binary_assd(
+    pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...), non-zero is foreground; optional `.spacing` in mm
+) -> torch.Tensor: # NaN-ignoring batch mean of ASSD, 0-d (mm with spacing, else voxels)
+    "Batch nanmean of the average symmetric surface distance of a binary segmentation."
+    p, t = _binary_masks(pred, targ)
+    return torch.nanmean(_assd(p.cpu(), t.cpu(), _spacing(targ)))
+
+# %% ../nbs/06_metrics.ipynb #e62622f1
+def multi_assd(
+    pred:torch.Tensor, # Logits (B, C, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...) with labels 0..C-1; optional `.spacing` in mm
+) -> torch.Tensor: # Per-class ASSD for classes 1..C-1, shape (C-1,)
+    "Per-class average symmetric surface distance (background excluded), NaN-ignoring mean over the batch."
+    p, t = _multi_masks(pred, targ)
+    return torch.nanmean(_assd(p.cpu(), t.cpu(), _spacing(targ)), 0)
+
+# %% ../nbs/06_metrics.ipynb #299e9d17
+def _tolerances(
+    tolerance_mm, # One tolerance, or one per class
+    k:int, # Number of classes scored
+) -> list: # `k` tolerances
+    "`tolerance_mm` as `k` finite non-negative floats for MONAI's `class_thresholds`."
+    problem = f"expected a non-negative number (mm), or {k} of them (one per class), got {tolerance_mm!r}"
+    try: tol = np.atleast_1d(np.asarray(tolerance_mm, dtype=float))
+    except (TypeError, ValueError) as e: raise MedicalInputError('tolerance_mm', problem) from e
+    if tol.size == 1: tol = np.repeat(tol.ravel(), k)
+    if tol.shape != (k,) or not np.all(np.isfinite(tol)) or np.any(tol < 0): raise MedicalInputError('tolerance_mm', problem)
+    return tol.tolist()
+
+def _nsd(
+    pred:torch.Tensor, # Boolean one-hot prediction (B, K, ...), on the CPU
+    targ:torch.Tensor, # Boolean one-hot target (B, K, ...), on the CPU
+    spacing:list|None, # Voxel spacing for MONAI, or None
+    tolerances:list, # One tolerance per channel
+    both:float, # Value where both masks are empty
+) -> torch.Tensor: # NSD per item and channel, (B, K)
+    "MONAI's normalised surface dice per item and channel: `both` when both masks are empty, 0 when one is."
+    nsd = _quiet(compute_surface_dice, pred, targ, class_thresholds=tolerances, include_background=True, spacing=spacing)
+    return _empty_rule(nsd, pred, targ, both, 0.)
+
+# %% ../nbs/06_metrics.ipynb #664dc5d9
+def binary_surface_dice(
+    pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...), non-zero is foreground; optional `.spacing` in mm
+    tolerance_mm:float=1.0, # Acceptable surface deviation (mm with spacing, else voxels)
+) -> torch.Tensor: # Mean NSD over the batch, 0-d
+    "Batch mean of the normalised surface dice at `tolerance_mm`; empty prediction and empty target score 1."
+    p, t = _binary_masks(pred, targ)
+    return _nsd(p.cpu(), t.cpu(), _spacing(targ), _tolerances(tolerance_mm, 1), 1.).mean()
+
+# %% ../nbs/06_metrics.ipynb #c174da2b
+def multi_surface_dice(
+    pred:torch.Tensor, # Logits (B, C, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...) with labels 0..C-1; optional `.spacing` in mm
+    tolerance_mm:float|list=1.0, # Acceptable deviation (mm with spacing, else voxels); one, or one per class 1..C-1
+) -> torch.Tensor: # Per-class NSD for classes 1..C-1, shape (C-1,); NaN where a class is absent everywhere
+    "Per-class normalised surface dice (background excluded), averaged over the items where the class is present."
+    p, t = _multi_masks(pred, targ)
+    nsd = _nsd(p.cpu(), t.cpu(), _spacing(targ), _tolerances(tolerance_mm, p.shape[1]), math.nan)
+    return torch.nanmean(nsd, 0)
+
+# %% ../nbs/06_metrics.ipynb #52990f9b
+class SurfaceDice:
+    "fastai metric: normalised surface dice at `tolerance_mm`, binary or per class, named after its tolerance."
+    def __init__(self,
+        tolerance_mm:float|list=1.0, # Acceptable deviation (mm with spacing, else voxels); a list gives one per class
+        multi:bool=False, # Per-class scores with `multi_surface_dice` instead of `binary_surface_dice`
+    ):
+        _tolerances(tolerance_mm, np.size(tolerance_mm) if multi else 1)  # refuse a bad tolerance now, not at validation
+        store_attr()
+
+    @property
+    def __name__(self):
+        tol = '_'.join(f'{t:g}' for t in np.atleast_1d(self.tolerance_mm))
+        return f"{'multi_' if self.multi else ''}surface_dice_{tol}mm"
+
+    def __call__(self, pred, targ):
+        return (multi_surface_dice if self.multi else binary_surface_dice)(pred, targ, self.tolerance_mm)
+
+    def __repr__(self): return f"SurfaceDice(tolerance_mm={self.tolerance_mm!r}, multi={self.multi})"
+
+# %% ../nbs/06_metrics.ipynb #efba6616
+def _counts(
+    pred:torch.Tensor, # Boolean one-hot prediction (B, K, ...)
+    targ:torch.Tensor, # Boolean one-hot target (B, K, ...)
+) -> tuple: # (TP, FP, FN), each float64 (B, K)
+    "True positive, false positive and false negative voxel counts per item and channel."
+    p, t = pred.flatten(2), targ.flatten(2)
+    tp = (p & t).sum(-1).double()
+    return tp, p.sum(-1).double() - tp, t.sum(-1).double() - tp
+
+def _safe_div(num:torch.Tensor, den:torch.Tensor) -> torch.Tensor:
+    "`num / den`, NaN where `den` is 0."
+    return num / den.where(den > 0, math.nan)
+
+def _batch_mean(
+    values:torch.Tensor, # Per-item values (B, 1), NaN where undefined
+    counts:tuple, # (TP, FP, FN) per item, from `_counts`
+    both:float, # Value of an item whose prediction and target are both empty
+) -> torch.Tensor: # 0-d float32
+    "NaN-ignoring batch mean of `values`, with `both` for items where both masks are empty."
+    tp, fp, fn = counts
+    return torch.nanmean(values.where(tp + fp + fn > 0, both)).float()
+
+# %% ../nbs/06_metrics.ipynb #a141dd5e
+def binary_sensitivity(
+    pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...); non-zero is foreground
+) -> torch.Tensor: # NaN-ignoring batch mean, 0-d
+    "Batch mean of the sensitivity TP/(TP+FN); 1 when both masks are empty, NaN (skipped) for an empty target alone."
+    tp, fp, fn = c = _counts(*_binary_masks(pred, targ))
+    return _batch_mean(_safe_div(tp, tp + fn), c, 1.)
+
+# %% ../nbs/06_metrics.ipynb #d985024a
+def binary_precision(
+    pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...); non-zero is foreground
+) -> torch.Tensor: # NaN-ignoring batch mean, 0-d
+    "Batch mean of the precision TP/(TP+FP); 1 when both masks are empty, NaN (skipped) for an empty prediction alone."
+    tp, fp, fn = c = _counts(*_binary_masks(pred, targ))
+    return _batch_mean(_safe_div(tp, tp + fp), c, 1.)
+
+# %% ../nbs/06_metrics.ipynb #827f2e02
+def binary_relative_volume_error(
+    pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...); non-zero is foreground
+) -> torch.Tensor: # NaN-ignoring batch mean, 0-d; negative for under-segmentation
+    "Batch mean of the signed relative volume error (|P|-|T|)/|T|; 0 when both are empty, NaN (skipped) for an empty target alone."
+    tp, fp, fn = c = _counts(*_binary_masks(pred, targ))
+    return _batch_mean(_safe_div(fp - fn, tp + fn), c, 0.)
+
+# %% ../nbs/06_metrics.ipynb #498b4dd9
+def _class_masks(
+    pred:torch.Tensor, # Logits (B, C, ...)
+    targ:torch.Tensor, # Label mask (B, 1, ...)
+    n_classes:int|None, # Expected classes including background (C, or 2 for a 1-channel sigmoid), None to skip the check
+    include_background:bool, # Include class 0
+) -> tuple: # Boolean one-hot prediction and target, (B, K, ...) each
+    "One boolean channel per scored class: binary decoding for 1 or 2 channels, argmax for more."
+    _check_shapes(pred, targ)
+    c = pred.shape[1]
+    if n_classes is not None and n_classes != max(c, 2):
+        raise MedicalInputError('n_classes', f"{n_classes} classes expected, but pred has {c} channels (shape {tuple(pred.shape)})")
+    lbl, t = ((_binary_pred(pred), (_plain(targ) > 0).long()) if c <= 2 else (_plain(pred).argmax(1, keepdim=True), _plain(targ).long()))
+    classes = range(0 if include_background else 1, max(c, 2))
+    return torch.cat([lbl == k for k in classes], 1), torch.cat([t == k for k in classes], 1)
+
+# %% ../nbs/06_metrics.ipynb #9111d98b
+class AccumulatedDice(Metric):
+    "Epoch Dice per class, 2TP/(2TP+FP+FN) with TP, FP and FN summed over every validation batch."
+    def __init__(self,
+        n_classes:int|None=None, # Classes including background, checked against the logits; None takes them from the logits
+        include_background:bool=False, # Also report class 0
+    ):
+        if n_classes is not None and (isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
+            raise MedicalInputError('n_classes', f"expected an integer >= 2 (classes including background) or None, got {n_classes!r}")
+        store_attr()
+        self.reset()
+
+    def reset(self): self.tp = self.fp = self.fn = 0.
+
+    def update(self, pred, targ):
+        "Add one batch of logits (B, C, ...) and label masks (B, 1, ...) to the sums."
+        tp, fp, fn = (v.sum(0).cpu() for v in _counts(*_class_masks(pred, targ, self.n_classes, self.include_background)))
+        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+
+    def accumulate(self, learn): self.update(learn.pred, *learn.yb)
+
+    @property
+    def value(self):
+        if not torch.is_tensor(self.tp): return None
+        dice = (2 * self.tp / (2 * self.tp + self.fp + self.fn)).float()  # 0/0 = NaN: class seen nowhere
+        return dice.item() if dice.numel() == 1 else dice
+
+# %% ../nbs/06_metrics.ipynb #a753d010
+class NanAvgMetric(AvgMetric):
+    "fastai's `AvgMetric`, leaving batches whose value (per element) is NaN out of the epoch mean."
+    def accumulate(self, learn):
+        v = torch.as_tensor(learn.to_detach(self.func(learn.pred, *learn.yb)), dtype=torch.float64)
+        ok, bs = ~v.isnan(), find_bs(learn.yb)
+        self.total, self.count = self.total + torch.where(ok, v, 0.) * bs, self.count + ok * bs
+
+    @property
+    def value(self):
+        if not torch.is_tensor(self.count): return None
+        return (self.total / self.count).float()  # 0/0 = NaN only where every batch was NaN
+
+# %% ../nbs/06_metrics.ipynb #af911994
+def _stem(path) -> str:
+    "File name without its image suffixes: 'ct/case_07.nii.gz' → 'case_07'."
+    return Path(Path(str(path)).name.removesuffix('.gz')).stem
+
+def _label_map(
+    item, # MedMask, tensor or array (X, Y, Z) / (1, X, Y, Z), or path to a label file
+    source:str, # Argument for error messages, e.g. 'preds[3]'
+) -> tuple: # (labels (X, Y, Z) int64, affine or None, source path or None)
+    "A 3D label map with its affine and source path when it has them; paths are read with `MedMask.create`."
+    if isinstance(item, (str, Path)): item = MedMask.create(item)
+    geometry = getattr(item, 'geometry', None)
+    data = _plain(item).cpu() if torch.is_tensor(item) else torch.as_tensor(np.asarray(item))
+    if data.ndim == 4 and data.shape[0] == 1: data = data[0]
+    if data.ndim != 3: raise MedicalInputError(source, f"expected a 3D label map (X, Y, Z) or (1, X, Y, Z), got shape {tuple(data.shape)}")
+    where = (geometry.affine, geometry.source_path) if geometry is not None else (None, None)
+    return (to_integer_labels(data, source), *where)
+
+def _check_labels(labels) -> list | None:
+    "`labels` as a list of distinct ints, or None."
+    if labels is None: return None
+    arr = np.atleast_1d(np.asarray(labels))
+    if arr.ndim != 1 or arr.size == 0 or not np.issubdtype(arr.dtype, np.integer) or len(set(arr.tolist())) < arr.size:
+        raise MedicalInputError('labels', f"expected distinct integer labels, got {labels!r}")
+    return arr.tolist()
+
+# %% ../nbs/06_metrics.ipynb #9a9e274c
+def _case_spacing(
+    source:str, # Argument for error messages, e.g. 'preds[3]'
+    case_id:str, # Case id for error messages
+    pred_affine, # Affine of the prediction, or None
+    targ_affine, # Affine of the target, or None
+    spacing:tuple|None, # Spacing in mm for cases without geometry
+) -> tuple: # Voxel size in mm
+    "Voxel size of one case from its geometry (prediction and target must share the grid), else `spacing`."
+    if pred_affine is not None and targ_affine is not None and not np.allclose(pred_affine, targ_affine, atol=1e-3):
+        raise MedicalInputError(source, f"case '{case_id}': affine differs from the target's; resample the prediction onto the target grid")
+    affine = targ_affine if targ_affine is not None else pred_affine
+    if affine is not None: return spacing_from_affine(affine)
+    if spacing is None: raise MedicalInputError('spacing', f"case '{case_id}' has no geometry (plain arrays): pass spacing=(sx, sy, sz) in mm")
+    return spacing
+
+def _label_scores(
+    pred:torch.Tensor, # Predicted label map (X, Y, Z)
+    targ:torch.Tensor, # Target label map (X, Y, Z) on the same grid
+    labels:list, # Labels to score
+    spacing:tuple, # Voxel size in mm
+    tolerance_mm:float, # Surface-dice tolerance in mm
+) -> list: # One record (dict) per label
+    "Every metric of one case, one record per label; a label absent from both maps gets NaN scores."
+    if not labels: return []
+    p, t = torch.stack([pred == l for l in labels])[None], torch.stack([targ == l for l in labels])[None]
+    (tp,), (fp,), (fn,) = _counts(p, t)
+    sp, ml = list(spacing), math.prod(spacing) / 1000  # mL per voxel
+    scores = {'dice': _safe_div(2 * tp, 2 * tp + fp + fn), 'hd95_mm': _hd95(p, t, sp)[0], 'assd_mm': _assd(p, t, sp)[0],
+              'surface_dice': _nsd(p, t, sp, [tolerance_mm] * len(labels), math.nan)[0],
+              'sensitivity': _safe_div(tp, tp + fn), 'precision': _safe_div(tp, tp + fp), 'rve': _safe_div(fp - fn, tp + fn)}
+    absent = tp + fp + fn == 0
+    cols = {k: v.double().where(~absent, math.nan).numpy() for k, v in scores.items()}
+    cols.update(vol_pred_ml=((tp + fp) * ml).numpy(), vol_target_ml=((tp + fn) * ml).numpy())
+    return pd.DataFrame({'label': labels, **cols}).to_dict('records')
+
+# %% ../nbs/06_metrics.ipynb #11d919e9
+def _evaluate_case(
+    i:int, # Case index
+    pred, # Prediction item (see `evaluate_segmentations`)
+    targ, # Target item
+    case_id:str|None, # Given id, or None to derive one
+    spacing:tuple|None, # Spacing in mm for items without geometry
+    labels:list|None, # Labels to score, or None for those present
+    tolerance_mm:float, # Surface-dice tolerance in mm
+) -> tuple: # (case id, records)
+    "Load case `i`, check its prediction and target share a grid, and score its labels."
+    p, p_aff, p_src = _label_map(pred, f'preds[{i}]')
+    t, t_aff, t_src = _label_map(targ, f'targets[{i}]')
+    src = t_src or p_src
+    cid = case_id if case_id is not None else _stem(src) if src else f'case_{i}'
+    if p.shape != t.shape:
+        raise MedicalInputError(f'preds[{i}]', f"case '{cid}': shape {tuple(p.shape)} does not match the target's {tuple(t.shape)}")
+    sp = _case_spacing(f'preds[{i}]', cid, p_aff, t_aff, spacing)
+    found = labels if labels is not None else sorted(set(torch.cat([p.unique(), t.unique()]).tolist()) - {0})
+    return cid, [{'case': cid, **r} for r in _label_scores(p, t, found, sp, tolerance_mm)]
+
+def _full_table(
+    case_ids:list, # Case ids in input order
+    records:list, # Scored (case, label) records
+    labels:list|None, # Requested labels, or None for all found
+) -> pd.DataFrame: # One row per case and label
+    "The long table: labels a case lacks in both maps get NaN scores and zero volumes."
+    dup = next((c for c in case_ids if case_ids.count(c) > 1), None)
+    if dup is not None: raise MedicalInputError('case_ids', f"case id '{dup}' names several cases (repeated file stems?): pass unique case_ids")
+    cols = ['case', 'label', 'dice', 'hd95_mm', 'assd_mm', 'surface_dice', 'sensitivity', 'precision', 'vol_pred_ml', 'vol_target_ml', 'rve']
+    df = pd.DataFrame(records, columns=cols)
+    every = labels if labels is not None else sorted(df['label'].unique().tolist()) or [1]
+    df = df.set_index(['case', 'label']).reindex(pd.MultiIndex.from_product([case_ids, every], names=['case', 'label']))
+    df[['vol_pred_ml', 'vol_target_ml']] = df[['vol_pred_ml', 'vol_target_ml']].fillna(0.)
+    return df.reset_index()
+
+# %% ../nbs/06_metrics.ipynb #ff7bd769
+def evaluate_segmentations(
+    preds, # Predicted label maps: MedMask items, tensors or arrays (X, Y, Z) / (1, X, Y, Z), or file paths
+    targets, # Ground-truth label maps of the same kinds, one per prediction, on the same grids
+    case_ids=None, # One id per case; default: the target's file stem, else the prediction's, else 'case_<i>'
+    spacing=None, # Voxel size in mm for cases without geometry (plain arrays); a scalar is isotropic
+    labels=None, # Labels to score; default: every non-zero label in any map (1 if none)
+    tolerance_mm:float=1.0, # Surface-dice tolerance in mm
+) -> pd.DataFrame: # One row per case and label (long format)
+    "Per-case, per-label Dice, HD95, ASSD, surface dice, sensitivity, precision, volumes (mL) and relative volume error."
+    preds, targets = list(preds), list(targets)
+    if len(preds) != len(targets): raise MedicalInputError('preds', f"{len(preds)} predictions for {len(targets)} targets")
+    if case_ids is not None and len(case_ids) != len(targets):
+        raise MedicalInputError('case_ids', f"{len(case_ids)} ids for {len(targets)} cases")
+    spacing, tol, labels = normalize_spacing(spacing, 'spacing'), _tolerances(tolerance_mm, 1)[0], _check_labels(labels)
+    cases = [_evaluate_case(i, p, t, None if case_ids is None else case_ids[i], spacing, labels, tol)
+             for i, (p, t) in enumerate(zip(preds, targets))]
+    return _full_table([c for c, _ in cases], [r for _, rs in cases for r in rs], labels)

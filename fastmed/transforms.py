@@ -9,17 +9,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torchio as tio
+import monai.transforms as mt
 from fastai.data.transforms import ItemTransform
 from .io import MedicalInputError
-from .core import MedBase, MedImage, MedMask, _tio_image
+from .core import MedBase, MedImage, MedMask, _tio_image, to_integer_labels
 
 # %% auto #0
-__all__ = ['TioTransform', 'CustomDictTransform', 'PadOrCrop', 'ZNormalization', 'RandomAffine', 'RandomFlip']
+__all__ = ['TioTransform', 'CustomDictTransform', 'PadOrCrop', 'CropOrPadForeground', 'nonzero_voxels', 'ZNormalization',
+           'RescaleIntensity', 'NormalizeIntensity', 'BraTSMaskConverter', 'BinaryConverter', 'RandomAffine',
+           'RandomFlip', 'RandomElasticDeformation', 'RandomAnisotropy', 'RandomMotion', 'RandomGhosting',
+           'RandomSpike', 'RandomBiasField', 'RandomBlur', 'RandomGamma', 'RandomNoise', 'OneOf']
 
 # %% ../nbs/03_transforms.ipynb #cfc84c6d
 def _rebuild(item: MedBase, image: tio.Image, step: str | None, params: dict) -> MedBase:
     "`item`'s type and geometry around TorchIO's output `image` (recording `step` if the grid changed)."
-    data = image.data.long() if item.is_mask else image.data.float()
+    data = to_integer_labels(image.data, item.source_path) if item.is_mask else image.data.float()
     geometry = item.geometry
     grid_changed = tuple(image.spatial_shape) != geometry.shape or not np.allclose(image.affine, geometry.affine, atol=1e-6)
     if grid_changed and step: geometry = geometry.after(step, image.affine, image.spatial_shape, **params)
@@ -39,10 +43,14 @@ class TioTransform(ItemTransform):
         items = list(sample) if isinstance(sample, (list, tuple)) else [sample]
         keys = {f'item{i}': o for i, o in enumerate(items) if isinstance(o, MedBase)}
         if not keys: return sample
-        subject = tio.Subject({k: _tio_image(o.as_subclass(torch.Tensor), o.affine, o.is_mask) for k, o in keys.items()})
-        out = self._apply(subject, keys)
-        for k, o in keys.items(): items[int(k[4:])] = _rebuild(o, out[k], self.step_name, self.step_params)
+        out = self._apply(self._subject(keys), keys)
+        step = self.step_name or type(self.tio_transform).__name__  # an unnamed grid change is still recorded
+        for k, o in keys.items(): items[int(k[4:])] = _rebuild(o, out[k], step, self.step_params)
         return tuple(items) if isinstance(sample, (list, tuple)) else items[0]
+
+    def _subject(self, keys) -> tio.Subject:
+        "The medical items of a sample as one TorchIO `Subject`, so they share one random draw."
+        return tio.Subject({k: _tio_image(o.as_subclass(torch.Tensor), o.affine, o.is_mask) for k, o in keys.items()})
 
     def _apply(self, subject, keys):
         try: return self.tio_transform(subject)
@@ -53,35 +61,122 @@ class TioTransform(ItemTransform):
     def __repr__(self): return f"{type(self).__name__}({self.tio_transform})"
 
 # %% ../nbs/03_transforms.ipynb #435419fa
+def _probability(p, name: str = 'p') -> float:
+    "`p` as a float, refused unless it is a probability in [0, 1]."
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p <= 1:
+        raise MedicalInputError(f"{name}={p!r}: expected a probability in [0, 1]")
+    return float(p)
+
+# %% ../nbs/03_transforms.ipynb #a53cd30e
+def _check_range(value, name: str, low: float = None, integer: bool = False, lengths=(1, 2)):
+    "Refuse `value` unless it is one number ≥ max(0, `low`) or `lengths` numbers ≥ `low` ((min, max) pairs ordered)."
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    ok = len(values) in lengths and all(isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v) for v in values)
+    floor = max(0, low or 0) if len(values) == 1 else low
+    pairs = zip(values[::2], values[1::2]) if len(values) in (2, 6) else ()
+    if ok and (floor is None or min(values) >= floor) and all(a <= b for a, b in pairs): return
+    what = 'int' if integer else 'number'
+    shapes = {1: f"a single {what} ≥ {max(0, low or 0):g}", 2: "a (min, max) pair with min ≤ max"}
+    bound = '' if low is None or lengths == (1,) else f" (all ≥ {low:g})"
+    expected = ' or '.join(shapes.get(n, f'{n} {what}s') for n in lengths)
+    raise MedicalInputError(f"{name}={value!r}: expected {expected}{bound}")
+
+# %% ../nbs/03_transforms.ipynb #e0a30d28
+def _check_axes(axes, name: str = 'axes', letters: bool = True):
+    "Refuse `axes` unless it is one or more of the voxel axes 0, 1, 2 (or anatomical letters such as 'LR')."
+    values = list(axes) if isinstance(axes, (list, tuple)) else [axes]
+    ok = len(values) > 0 and all(v in (0, 1, 2) if isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  else letters and isinstance(v, str) and len(v) > 0 for v in values)
+    if not ok:
+        raise MedicalInputError(f"{name}={axes!r}: expected one or more of 0, 1, 2" + (" or labels like 'LR'" if letters else ''))
+
+# %% ../nbs/03_transforms.ipynb #4df52f09
+def _torchio(cls, owner: str, **kwargs):
+    "TorchIO's `cls(**kwargs)`, with what TorchIO refuses reported as a `MedicalInputError` naming `owner`."
+    try: return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise MedicalInputError(f"{owner}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): {e}") from e
+
+# %% ../nbs/03_transforms.ipynb #757e51b1
 class CustomDictTransform(TioTransform):
     "Any TorchIO transform applied jointly to image and mask (random ones on the training set only)."
     def __init__(self, tio_transform, # a `torchio.Transform`
                 ):
+        if not isinstance(tio_transform, tio.Transform):
+            raise MedicalInputError(f"tio_transform={tio_transform!r}: expected a torchio.Transform")
         super().__init__(tio_transform, train_only=isinstance(tio_transform, tio.transforms.augmentation.RandomTransform))
 
-# %% ../nbs/03_transforms.ipynb #f992712d
+# %% ../nbs/03_transforms.ipynb #d1018bda
 def _size3(size, name='size') -> tuple:
     "`size` as 3 positive ints (an int is cubic)."
     values = (size,) * 3 if isinstance(size, (int, np.integer)) else tuple(size) if isinstance(size, (list, tuple)) else ()
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and v > 0 for v in values):
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values):
         raise MedicalInputError(f"{name}={size!r}: expected a positive int or 3 positive ints")
     return tuple(int(v) for v in values)
 
-# %% ../nbs/03_transforms.ipynb #d1018bda
+# %% ../nbs/03_transforms.ipynb #1934349f
+_FOREGROUND = '_fastmed_foreground'  # subject key of the foreground label map a foreground crop centres on
+
+def _foreground(items, centre_on: str, labels) -> torch.Tensor:
+    "Binary (1,X,Y,Z) foreground of a sample: its mask's (`labels`) voxels, else its image's above-mean voxels."
+    masks = [o.as_subclass(torch.Tensor) for o in items if o.is_mask]
+    if centre_on == 'mask' and masks:
+        m = masks[0]
+        fg = (torch.isin(m, torch.tensor(labels)) if labels else m > 0).any(0, keepdim=True)
+        if fg.any(): return fg
+    images = [o.as_subclass(torch.Tensor) for o in items if not o.is_mask] or masks
+    x = images[0].float()
+    return (x > x.mean(dim=(1, 2, 3), keepdim=True)).any(0, keepdim=True)
+
+# %% ../nbs/03_transforms.ipynb #beb2ee95
 class PadOrCrop(TioTransform):
-    "Pad or crop around the centre to `size` voxels (images and masks alike, train and valid)."
+    "Pad or crop around the centre (or the foreground) to `size` voxels (images and masks alike, train and valid)."
     order, step_name = 0, 'pad_crop'
     def __init__(self, size, # target spatial size: int (cubic) or 3 ints
                  padding_mode=0, # value (or numpy mode name) used for padding images; masks pad with 0
+                 mask_name=None, # None: centre; 'mask': centre on the sample's MedMask; 'image': on its bright voxels
                 ):
         size = _size3(size)
-        super().__init__(tio.CropOrPad(size, padding_mode=padding_mode))
-        self.size, self.step_params = size, {'size': size}
+        if mask_name not in (None, 'mask', 'image'):
+            raise MedicalInputError(f"mask_name={mask_name!r}: expected None (centre), 'mask' (the sample's MedMask) "
+                                    "or 'image' (the image's bright voxels)")
+        centred = mask_name is None
+        super().__init__(_torchio(tio.CropOrPad, type(self).__name__, target_shape=size, padding_mode=padding_mode,
+                                  **({} if centred else {'mask_name': _FOREGROUND})))
+        self.size, self.centre_on, self.labels = size, mask_name, None
+        self.step_params = {'size': size} if centred else {'size': size, 'centre_on': mask_name}
 
-# %% ../nbs/03_transforms.ipynb #bfd4b13e
+    def _subject(self, keys) -> tio.Subject:
+        subject = super()._subject(keys)
+        if self.centre_on is not None:
+            fg = _foreground(keys.values(), self.centre_on, self.labels)
+            subject.add_image(tio.LabelMap(tensor=fg.int(), affine=subject[next(iter(keys))].affine), _FOREGROUND)
+        return subject
+
+# %% ../nbs/03_transforms.ipynb #5ae46885
+class CropOrPadForeground(PadOrCrop):
+    "Crop or pad to `size` around the bounding box of the foreground (TorchIO `CropOrPad` with a mask; train and valid)."
+    def __init__(self, size, # target spatial size: int (cubic) or 3 ints
+                 mask_name=None, # None or 'mask': the sample's MedMask (image if none/empty); 'image': its bright voxels
+                 labels=None, # mask labels that count as foreground (None: all > 0)
+                 padding_mode=0, # value (or numpy mode name) used for padding images; masks pad with 0
+                ):
+        if labels is not None and (not isinstance(labels, (list, tuple)) or not labels or
+                                   not all(isinstance(l, (int, np.integer)) and l > 0 for l in labels)):
+            raise MedicalInputError(f"labels={labels!r}: expected None or a list of positive mask labels")
+        super().__init__(size, padding_mode=padding_mode, mask_name=mask_name or 'mask')
+        self.labels = None if labels is None else [int(l) for l in labels]
+
+# %% ../nbs/03_transforms.ipynb #9c9ce903
+def nonzero_voxels(x: torch.Tensor) -> torch.Tensor:
+    "Voxels ≠ 0: a `masking_method` that, unlike a lambda, `learn.export` can save."
+    return x != 0
+
+# %% ../nbs/03_transforms.ipynb #705d623c
 class ZNormalization(TioTransform):
     "Z-score each image channel (optionally over a TorchIO `masking_method`); masks untouched."
-    def __init__(self, masking_method=None, # None: all voxels; e.g. `lambda x: x > 0` for foreground only
+    def __init__(self, masking_method=None, # None: all voxels; e.g. `nonzero_voxels` for foreground only
                  channel_wise: bool = True, # normalise each channel on its own
                 ):
         super().__init__(tio.ZNormalization(masking_method=masking_method))
@@ -101,14 +196,256 @@ class ZNormalization(TioTransform):
         return MedImage.from_data(data, image.geometry)
 
 # %% ../nbs/03_transforms.ipynb #38efbe2f
-class RandomAffine(TioTransform):
-    "TorchIO `RandomAffine` on image and mask with one draw (training set only)."
-    def __init__(self, scales=0, degrees=10, translation=0, isotropic=False, p=0.5, **kwargs):
-        super().__init__(tio.RandomAffine(scales=scales, degrees=degrees, translation=translation,
-                                          isotropic=isotropic, p=p, **kwargs), train_only=True)
+class RescaleIntensity(TioTransform):
+    "Rescale image intensities linearly from `in_min_max` (or `percentiles`) to `out_min_max`; masks untouched."
+    def __init__(self, out_min_max=(0, 1), # output range (min, max)
+                 in_min_max=None, # input window, e.g. (-1200, 600) HU for CT; None: the image's `percentiles`
+                 percentiles=(0, 100), # percentiles of each image mapped to `out_min_max` when `in_min_max` is None
+                 masking_method=None, # voxels whose percentiles are used (TorchIO `masking_method`)
+                 clip: bool = True, # clip to `in_min_max` first, so the output stays within `out_min_max`
+                ):
+        _check_range(out_min_max, 'out_min_max', lengths=(2,))
+        if in_min_max is not None:
+            _check_range(in_min_max, 'in_min_max', lengths=(2,))
+            if in_min_max[0] == in_min_max[1]: raise MedicalInputError(f"in_min_max={in_min_max!r}: expected min < max")
+        _check_range(percentiles, 'percentiles', low=0, lengths=(2,))
+        if percentiles[1] > 100: raise MedicalInputError(f"percentiles={percentiles!r}: expected values in [0, 100]")
+        rescale = tio.RescaleIntensity(out_min_max=out_min_max, percentiles=percentiles, masking_method=masking_method,
+                                       in_min_max=in_min_max)
+        clamp = clip and in_min_max is not None
+        super().__init__(tio.Compose([tio.Clamp(*in_min_max), rescale]) if clamp else rescale)
 
-# %% ../nbs/03_transforms.ipynb #2c2152c1
+# %% ../nbs/03_transforms.ipynb #c906c2e5
+class _PerItem(ItemTransform):
+    "Apply `convert(tensor, source)` to each item of a sample of type `applies_to`, keeping its geometry."
+    order, applies_to = 1, MedBase
+    def encodes(self, sample):
+        items = list(sample) if isinstance(sample, (list, tuple)) else [sample]
+        out = [self._item(o) if isinstance(o, self.applies_to) else o for o in items]
+        return tuple(out) if isinstance(sample, (list, tuple)) else out[0]
+
+    def _item(self, o): return type(o).from_data(self.convert(o.as_subclass(torch.Tensor), o.source_path), o.geometry)
+
+# %% ../nbs/03_transforms.ipynb #9c8e33fa
+class NormalizeIntensity(_PerItem):
+    "Subtract the mean and divide by the std of each image (MONAI `NormalizeIntensity`); masks untouched."
+    applies_to = MedImage
+    def __init__(self, nonzero: bool = True, # use and change only voxels ≠ 0
+                 channel_wise: bool = True, # statistics per channel
+                 subtrahend=None, # value(s) to subtract instead of the mean
+                 divisor=None, # value(s) to divide by instead of the std
+                ):
+        super().__init__()
+        for name, v in (('nonzero', nonzero), ('channel_wise', channel_wise)):
+            if not isinstance(v, (bool, np.bool_)): raise MedicalInputError(f"{name}={v!r}: expected True or False")
+        for name, v in (('subtrahend', subtrahend), ('divisor', divisor)):
+            if v is None: continue
+            try: ok = (np.isscalar(v) or isinstance(v, (list, tuple))) and np.all(np.isfinite(np.asarray(v, float)))
+            except (TypeError, ValueError): ok = False
+            if not ok:
+                raise MedicalInputError(f"{name}={v!r}: expected None, a number or one number per channel")
+        if divisor is not None and np.any(np.asarray(divisor, float) == 0):
+            raise MedicalInputError(f"divisor={divisor!r}: expected non-zero numbers")
+        self.nonzero, self.channel_wise = bool(nonzero), bool(channel_wise)
+        self.subtrahend, self.divisor = subtrahend, divisor
+
+    def convert(self, data, source):
+        # MONAI wants one value per channel when channel_wise: repeat a single number
+        per_channel = lambda v: [v] * data.shape[0] if self.channel_wise and np.isscalar(v) else v
+        normalize = mt.NormalizeIntensity(subtrahend=per_channel(self.subtrahend), divisor=per_channel(self.divisor),
+                                          nonzero=self.nonzero, channel_wise=self.channel_wise)
+        return torch.as_tensor(normalize(data.clone())).as_subclass(torch.Tensor).float()  # MONAI works in place
+
+# %% ../nbs/03_transforms.ipynb #e3a31371
+class BraTSMaskConverter(_PerItem):
+    "BraTS labels → consecutive labels 0–3 (fastMONAI; 4 → 3) or, with `regions`, TC/WT/ET channels (MONAI order)."
+    applies_to = MedMask
+    def __init__(self, regions: bool = False, # 3 binary channels TC, WT, ET instead of one label map
+                 et_label: int = 4, # label of enhancing tumour: 4 (BraTS 2012–2022) or 3 (BraTS 2023)
+                ):
+        super().__init__()
+        if et_label not in (3, 4) or isinstance(et_label, bool):
+            raise MedicalInputError(f"et_label={et_label!r}: expected 4 (BraTS 2012–2022) or 3 (BraTS 2023)")
+        if not isinstance(regions, (bool, np.bool_)): raise MedicalInputError(f"regions={regions!r}: expected True or False")
+        self.regions, self.et_label = bool(regions), et_label
+        self.to_regions = mt.ConvertToMultiChannelBasedOnBratsClasses(et_label=3)
+
+    def convert(self, data, source):
+        allowed = {0, 1, 2, 3, 4} if self.et_label == 4 else {0, 1, 2, 3}
+        found = set(data.unique().tolist())
+        if not found <= allowed:
+            raise MedicalInputError(source or 'mask', f"BraTSMaskConverter: labels {sorted(found - allowed)} are not "
+                                    f"BraTS labels {sorted(allowed)} (et_label={self.et_label})")
+        labels = torch.tensor([0, 1, 2, 1, 3])[data] if self.et_label == 4 else data  # 3 (2012-13 NET) → 1, 4 → 3
+        if not self.regions: return labels.long()
+        return torch.as_tensor(self.to_regions(labels)).as_subclass(torch.Tensor).long()
+
+# %% ../nbs/03_transforms.ipynb #d4dfc2b6
+class BinaryConverter(_PerItem):
+    "Mask labels > 0 (in any channel) → 1, background → 0; images untouched."
+    applies_to = MedMask
+    def convert(self, data, source): return (data > 0).any(0, keepdim=True).long()
+
+# %% ../nbs/03_transforms.ipynb #be083152
+class RandomAffine(TioTransform):
+    "Random rotation, scaling and translation of image and mask with one draw (TorchIO `RandomAffine`; training only)."
+    def __init__(self, scales=0, # scaling range: d → U(1-d, 1+d), or (min, max), or per-axis values
+                 degrees=10, # rotation range in degrees: d → U(-d, d), or (min, max), or per-axis values
+                 translation=0, # translation range in mm: d → U(-d, d), or (min, max), or per-axis values
+                 isotropic: bool = False, # one scaling factor for all axes
+                 image_interpolation: str = 'linear', # interpolation of images (masks: nearest)
+                 default_pad_value='minimum', # value for voxels moved in from outside: a number, 'minimum', 'mean' or 'otsu'
+                 p: float = 0.5, # probability of applying it to a sample
+                 **kwargs, # other `tio.RandomAffine` arguments
+                ):
+        super().__init__(_torchio(tio.RandomAffine, 'RandomAffine', scales=scales, degrees=degrees, translation=translation,
+                                  isotropic=isotropic, image_interpolation=image_interpolation,
+                                  default_pad_value=default_pad_value, p=_probability(p), **kwargs), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #e023e7c0
 class RandomFlip(TioTransform):
-    "Flip image and mask along each of `axes` with probability `p` (TorchIO `RandomFlip`, training set only)."
-    def __init__(self, axes='LR', p=0.5, **kwargs):
-        super().__init__(tio.RandomFlip(axes=axes, flip_probability=p, **kwargs), train_only=True)
+    "Flip image and mask along each of `axes` with probability `p` (TorchIO `RandomFlip`; training only)."
+    def __init__(self, axes='LR', # voxel axes 0, 1, 2 or anatomical labels ('LR', 'AP', 'IS')
+                 p: float = 0.5, # probability of flipping along each axis
+                 **kwargs, # other `tio.RandomFlip` arguments
+                ):
+        _check_axes(axes)
+        super().__init__(_torchio(tio.RandomFlip, 'RandomFlip', axes=axes, flip_probability=_probability(p), **kwargs),
+                         train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #279f355c
+class RandomElasticDeformation(TioTransform):
+    "Smooth random B-spline deformation of image and mask with one draw (TorchIO `RandomElasticDeformation`; training only)."
+    def __init__(self, num_control_points=7, # control points along each axis (≥ 4), or 3 values
+                 max_displacement=7.5, # largest displacement in mm, or 3 values
+                 image_interpolation: str = 'linear', # interpolation of images (masks: nearest)
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(num_control_points, 'num_control_points', low=4, integer=True, lengths=(1, 3))
+        _check_range(max_displacement, 'max_displacement', low=0, lengths=(1, 3))
+        super().__init__(_torchio(tio.RandomElasticDeformation, 'RandomElasticDeformation',
+                                  num_control_points=num_control_points, max_displacement=max_displacement,
+                                  image_interpolation=image_interpolation, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #762d84d5
+class RandomAnisotropy(TioTransform):
+    "Thick-slice look: downsample the image along a random axis and back (TorchIO `RandomAnisotropy`); masks untouched."
+    def __init__(self, axes=(0, 1, 2), # voxel axes the downsampling axis is chosen from
+                 downsampling=(1.5, 5), # downsampling factor: d → U(1, d), or (min, max), all ≥ 1
+                 image_interpolation: str = 'linear', # interpolation used to upsample back
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_axes(axes, letters=False)
+        _check_range(downsampling, 'downsampling', low=1)
+        super().__init__(_torchio(tio.RandomAnisotropy, 'RandomAnisotropy', axes=axes, downsampling=downsampling,
+                                  image_interpolation=image_interpolation, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #2fcb3021
+class RandomMotion(TioTransform):
+    "MRI motion artefacts simulated in k-space (Shaw et al. 2019, as TorchIO `RandomMotion`); masks untouched."
+    def __init__(self, degrees=10, # rotation range of each movement: d → U(-d, d), or (min, max)
+                 translation=10, # translation range of each movement in mm: d → U(-d, d), or (min, max)
+                 num_transforms: int = 2, # number of movements
+                 image_interpolation: str = 'linear', # interpolation of the moved images
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(degrees, 'degrees'); _check_range(translation, 'translation')
+        _check_range(num_transforms, 'num_transforms', low=1, integer=True, lengths=(1,))
+        super().__init__(_torchio(tio.RandomMotion, 'RandomMotion', degrees=degrees, translation=translation,
+                                  num_transforms=num_transforms, image_interpolation=image_interpolation,
+                                  p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #f30458fd
+class RandomGhosting(TioTransform):
+    "MRI ghosting artefacts along the phase-encoding direction (TorchIO `RandomGhosting`); masks untouched; training only."
+    def __init__(self, num_ghosts=(4, 10), # number of ghosts: d → U(0, d), or (min, max)
+                 axes=(0, 1, 2), # axes the phase-encoding direction is chosen from (ints or 'LR', 'AP', 'IS')
+                 intensity=(0.5, 1), # ghost intensity relative to the k-space maximum: d → U(0, d), or (min, max)
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(num_ghosts, 'num_ghosts', low=0, integer=True); _check_axes(axes)
+        _check_range(intensity, 'intensity', low=0)
+        super().__init__(_torchio(tio.RandomGhosting, 'RandomGhosting', num_ghosts=num_ghosts, axes=axes,
+                                  intensity=intensity, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #de5d4835
+class RandomSpike(TioTransform):
+    "MRI spike (herringbone) artefacts: stripes from spikes in k-space (TorchIO `RandomSpike`); masks untouched."
+    def __init__(self, num_spikes=1, # number of spikes: d → U(0, d), or (min, max)
+                 intensity=(1, 3), # spike intensity relative to the spectrum maximum: d → U(-d, d), or (min, max)
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(num_spikes, 'num_spikes', low=0, integer=True); _check_range(intensity, 'intensity')
+        super().__init__(_torchio(tio.RandomSpike, 'RandomSpike', num_spikes=num_spikes, intensity=intensity,
+                                  p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #e56473d9
+class RandomBiasField(TioTransform):
+    "MRI bias field: a smooth random polynomial gain (Van Leemput et al. 1999, as TorchIO `RandomBiasField`)."
+    def __init__(self, coefficients=0.5, # range of the polynomial coefficients: d → U(-d, d), or (min, max)
+                 order: int = 3, # order of the polynomial
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(coefficients, 'coefficients'); _check_range(order, 'order', low=0, integer=True, lengths=(1,))
+        # `order` is not stored on self: fastai sorts transforms by their `order` attribute
+        super().__init__(_torchio(tio.RandomBiasField, 'RandomBiasField', coefficients=coefficients, order=order,
+                                  p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #b8b517a6
+class RandomBlur(TioTransform):
+    "Gaussian blur with a random kernel width per axis (TorchIO `RandomBlur`); masks untouched; training only."
+    def __init__(self, std=(0, 2), # kernel std in mm: d → U(0, d), or (min, max), or 3 or 6 per-axis values
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(std, 'std', low=0, lengths=(1, 2, 3, 6))
+        super().__init__(_torchio(tio.RandomBlur, 'RandomBlur', std=std, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #923e55c2
+class RandomGamma(TioTransform):
+    "Random contrast change: intensities raised to γ = exp(β), β random (TorchIO `RandomGamma`); masks untouched."
+    def __init__(self, log_gamma=(-0.3, 0.3), # range of β: d → U(-d, d), or (min, max)
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(log_gamma, 'log_gamma')
+        super().__init__(_torchio(tio.RandomGamma, 'RandomGamma', log_gamma=log_gamma, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #fbfbf5f7
+class RandomNoise(TioTransform):
+    "Add Gaussian noise of random mean and std (TorchIO `RandomNoise`); masks untouched; training only."
+    def __init__(self, mean=0, # noise mean: d → U(-d, d), or (min, max)
+                 std=(0, 0.25), # noise std: d → U(0, d), or (min, max), ≥ 0
+                 p: float = 0.5, # probability of applying it to a sample
+                ):
+        _check_range(mean, 'mean'); _check_range(std, 'std', low=0)
+        super().__init__(_torchio(tio.RandomNoise, 'RandomNoise', mean=mean, std=std, p=_probability(p)), train_only=True)
+
+# %% ../nbs/03_transforms.ipynb #8184827f
+def _tio_of(tfm, i: int):
+    "The TorchIO transform behind `tfm`, the `i`-th choice of a `OneOf` (refused if it changes the grid)."
+    inner = getattr(tfm, 'tio_transform', tfm)
+    if not isinstance(inner, tio.Transform):
+        raise MedicalInputError(f"transforms[{i}]={tfm!r}: expected a fastmed random transform (RandomAffine, "
+                                "RandomNoise, ...) or a torchio.Transform")
+    if isinstance(inner, tio.SpatialTransform) and not isinstance(inner, tio.transforms.augmentation.RandomTransform):
+        raise MedicalInputError(f"transforms[{i}]={tfm!r}: changes the grid; apply it to every item, outside OneOf")
+    return inner
+
+# %% ../nbs/03_transforms.ipynb #7e47e1f2
+class OneOf(TioTransform):
+    "One of `transforms`, chosen per sample with `weights`, applied to image and mask jointly (TorchIO `OneOf`)."
+    def __init__(self, transforms, # fastmed (or TorchIO) transforms, or a {transform: weight} dict
+                 p: float = 1., # probability of applying one of them
+                 weights=None, # relative chance of each transform (None: equal, or the dict's values)
+                ):
+        if isinstance(transforms, dict):
+            if weights is not None: raise MedicalInputError("weights: give weights in the transforms dict or here, not both")
+            transforms, weights = list(transforms), list(transforms.values())
+        if not isinstance(transforms, (list, tuple)) or not transforms:
+            raise MedicalInputError(f"transforms={transforms!r}: expected a non-empty list of transforms")
+        weights = [1.] * len(transforms) if weights is None else weights
+        numbers = isinstance(weights, (list, tuple)) and all(isinstance(w, (int, float, np.integer, np.floating)) for w in weights)
+        if not numbers or len(weights) != len(transforms) or not all(0 <= w < np.inf for w in weights) or sum(weights) <= 0:
+            raise MedicalInputError(f"weights={weights!r}: expected {len(transforms)} non-negative numbers, not all 0")
+        choices = {_tio_of(t, i): float(w) for i, (t, w) in enumerate(zip(transforms, weights))}
+        super().__init__(tio.OneOf(choices, p=_probability(p)), train_only=True)
+        self.transforms = list(transforms)
