@@ -286,7 +286,8 @@ def _class_masks(
     c = pred.shape[1]
     if n_classes is not None and n_classes != max(c, 2):
         raise MedicalInputError('n_classes', f"{n_classes} classes expected, but pred has {c} channels (shape {tuple(pred.shape)})")
-    lbl, t = ((_binary_pred(pred), (_plain(targ) > 0).long()) if c <= 2 else (_plain(pred).argmax(1, keepdim=True), _plain(targ).long()))
+    if c <= 2: lbl, t = _binary_pred(pred), (_plain(targ) > 0).long()
+    else: lbl, t = _plain(pred).argmax(1, keepdim=True), _plain(targ).long()
     classes = range(0 if include_background else 1, max(c, 2))
     return torch.cat([lbl == k for k in classes], 1), torch.cat([t == k for k in classes], 1)
 
@@ -309,7 +310,7 @@ class AccumulatedDice(Metric):
         tp, fp, fn = (v.sum(0).cpu() for v in _counts(*_class_masks(pred, targ, self.n_classes, self.include_background)))
         self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
 
-    def accumulate(self, learn): self.update(learn.pred, *learn.yb)
+    def accumulate(self, learn): self.update(learn.pred, learn.yb[0])
 
     @property
     def value(self):

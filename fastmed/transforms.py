@@ -11,6 +11,7 @@ import torch
 import torchio as tio
 import monai.transforms as mt
 from fastai.data.transforms import ItemTransform
+from fastcore.basics import basic_repr
 from .io import MedicalInputError
 from .core import MedBase, MedImage, MedMask, _tio_image, to_integer_labels
 
@@ -225,11 +226,12 @@ class _PerItem(ItemTransform):
         return tuple(out) if isinstance(sample, (list, tuple)) else out[0]
 
     def _item(self, o): return type(o).from_data(self.convert(o.as_subclass(torch.Tensor), o.source_path), o.geometry)
+    def __repr__(self): return f"{type(self).__name__}()"
 
 # %% ../nbs/03_transforms.ipynb #9c8e33fa
 class NormalizeIntensity(_PerItem):
     "Subtract the mean and divide by the std of each image (MONAI `NormalizeIntensity`); masks untouched."
-    applies_to = MedImage
+    applies_to, __repr__ = MedImage, basic_repr('nonzero,channel_wise,subtrahend,divisor')
     def __init__(self, nonzero: bool = True, # use and change only voxels ≠ 0
                  channel_wise: bool = True, # statistics per channel
                  subtrahend=None, # value(s) to subtract instead of the mean
@@ -259,7 +261,7 @@ class NormalizeIntensity(_PerItem):
 # %% ../nbs/03_transforms.ipynb #e3a31371
 class BraTSMaskConverter(_PerItem):
     "BraTS labels → consecutive labels 0–3 (fastMONAI; 4 → 3) or, with `regions`, TC/WT/ET channels (MONAI order)."
-    applies_to = MedMask
+    applies_to, __repr__ = MedMask, basic_repr('regions,et_label')
     def __init__(self, regions: bool = False, # 3 binary channels TC, WT, ET instead of one label map
                  et_label: int = 4, # label of enhancing tumour: 4 (BraTS 2012–2022) or 3 (BraTS 2023)
                 ):
@@ -371,7 +373,7 @@ class RandomGhosting(TioTransform):
 # %% ../nbs/03_transforms.ipynb #de5d4835
 class RandomSpike(TioTransform):
     "MRI spike (herringbone) artefacts: stripes from spikes in k-space (TorchIO `RandomSpike`); masks untouched."
-    def __init__(self, num_spikes=1, # number of spikes: d → U(0, d), or (min, max)
+    def __init__(self, num_spikes=(1, 1), # number of spikes: (min, max), or d → U(0, d) (so 1 means 0 or 1)
                  intensity=(1, 3), # spike intensity relative to the spectrum maximum: d → U(-d, d), or (min, max)
                  p: float = 0.5, # probability of applying it to a sample
                 ):
