@@ -180,6 +180,7 @@ def _show_pair(img, mask, ax, title=None, **kwargs):
 # %% ../nbs/04_data.ipynb #a100cbb9
 def _label_text(o) -> str:
     "Readable text for a decoded target or prediction."
+    if isinstance(o, tuple) and len(o) == 1: o = o[0]  # fastai decodes a regression output as a 1-tuple
     if isinstance(o, torch.Tensor): o = o.detach().cpu()
     if isinstance(o, torch.Tensor) and o.numel() == 1: o = o.item()
     return f"{o:.3g}" if isinstance(o, float) else str(o)

@@ -90,6 +90,8 @@ def multi_dice_score(
 def _spacing(targ) -> list | None:
     "Voxel spacing from `targ.spacing` as MONAI wants it (one triple or one per item), or None for voxel units."
     sp = getattr(targ, 'spacing', None)
+    geometry = getattr(targ, 'geometry', None)  # fastai's CastToTensor keeps the __dict__ but drops the type
+    if sp is None and geometry is not None: sp = geometry.spacing
     if sp is None: return None
     sp = torch.as_tensor(sp, dtype=torch.float64).cpu()
     return sp.tolist()

@@ -22,6 +22,8 @@ from .dataset import *
 from .losses import *
 from .metrics import *
 from .inference import *
+from .interpret import *
+from .batch_augment import *
 
 # %% ../nbs/09_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]

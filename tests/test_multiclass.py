@@ -29,6 +29,15 @@ def _nested_ellipsoids(shape, affine, rng):
     return img.astype(np.float32), mask.astype(np.uint8)
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    "One intra-op thread: 32³ volumes gain nothing from two, and on a shared 2-core machine two threads ran 10× slower."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope='module')
 def cases(tmp_path_factory):
     "20 cases of 32³ at 1.5 mm, in RAS, LPS and oblique grids."
@@ -46,7 +55,7 @@ def _dls(df, label_col='label', bs=1, device=None):
     dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('image'), get_y=ColReader(label_col),
                           splitter=RandomSplitter(valid_pct=0.2, seed=0), item_tfms=[PadOrCrop(32), ZNormalization()],
                           reorder=True)
-    return dblock.dataloaders(df, bs=bs, device=device)
+    return dblock.dataloaders(df, bs=bs, val_bs=4, device=device)
 
 
 def _learner(dls, out_channels=4, metrics=(multi_dice_score, multi_hausdorff_distance), **kwargs):
@@ -55,12 +64,12 @@ def _learner(dls, out_channels=4, metrics=(multi_dice_score, multi_hausdorff_dis
     return Learner(dls, model, loss_func=CustomLoss(DiceCELoss(to_onehot_y=True, softmax=True)), metrics=list(metrics), **kwargs)
 
 
-EPOCHS = 10
+EPOCHS = 8
 
 
 @pytest.fixture(scope='module')
 def trained(cases):
-    "The 3-label UNet after EPOCHS epochs (batches of one: more steps per epoch, ~0.97 Dice per class in 10 epochs)."
+    "The 3-label UNet after EPOCHS epochs of batches of one (more steps per epoch: Dice ~0.95 per class)."
     torch.manual_seed(0)
     learn = _learner(_dls(cases))
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(EPOCHS, 1e-2)
@@ -142,9 +151,9 @@ def _fit_one_epoch(learn):
 
 
 @pytest.mark.parametrize('precision', ['to_fp16', 'cpu_bf16'])
-def test_mixed_precision_multiclass_epoch_is_finite(cases, precision):
-    torch.manual_seed(0)
+def test_mixed_precision_multiclass_epoch_is_finite(cases, trained, precision):
     learn = _learner(_dls(cases, bs=4, device=None if precision == 'to_fp16' else 'cpu'))
+    learn.model.load_state_dict(trained.model.state_dict())  # a trained model: every class predicted, HD95 defined
     learn = learn.to_fp16() if precision == 'to_fp16' else learn.add_cb(_CPUBFloat16('bf16'))
     dtypes = _fit_one_epoch(learn)
     # fastai's to_fp16 autocasts on CUDA only: float16 on a GPU, float32 (autocast disabled) on a CPU-only machine
@@ -152,7 +161,8 @@ def test_mixed_precision_multiclass_epoch_is_finite(cases, precision):
     assert dtypes == {expected}, dtypes
     train_loss, valid_loss, dice, hd95 = learn.recorder.values[-1][:4]
     assert np.isfinite([train_loss, valid_loss]).all(), (train_loss, valid_loss)
-    assert dice.shape == (3,) and not torch.isnan(dice).all() and not torch.isinf(hd95).any(), (dice, hd95)
+    assert dice.shape == hd95.shape == (3,) and torch.isfinite(dice).all() and torch.isfinite(hd95).all(), (dice, hd95)
+    assert dice.mean() > 0.6, dice
 
 
 def test_mixed_precision_binary_metrics_are_finite(cases):
