@@ -258,3 +258,23 @@ def tta_segmentation(learn, # a segmentation `Learner`
         mean += delta / n
         m2 += delta * (probs - mean)
     return mean, (m2 / len(flips)).sqrt(), targs
+
+# %% ../nbs/12_interpret.ipynb #900185fb
+from fastai.learner import Learner
+from .data import MedReader
+
+_fastai_tta = getattr(Learner.tta, 'fastai_tta', Learner.tta)  # fastai's own, even if this module is reloaded
+
+def _predicts_masks(learn) -> bool:
+    "True if `learn`'s targets are read as `MedMask`s."
+    tls = learn.dls.valid.dataset.tls[learn.dls.n_inp:]
+    return any(isinstance(t, MedReader) and t.cls is MedMask for tl in tls for t in tl.tfms.fs)
+
+# %% ../nbs/12_interpret.ipynb #99e3ca66
+@patch
+def tta(self: Learner, ds_idx=1, dl=None, n=4, item_tfms=None, batch_tfms=None, beta=0.25, use_max=False):
+    "fastai's TTA; for segmentation, flip TTA with every flip undone: (mean probabilities, targets)."
+    if not _predicts_masks(self): return _fastai_tta(self, ds_idx, dl, n, item_tfms, batch_tfms, beta, use_max)
+    mean, _, targs = tta_segmentation(self, dl=dl, ds_idx=ds_idx)
+    return mean, targs
+Learner.tta.fastai_tta = _fastai_tta
