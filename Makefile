@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	MPLBACKEND=Agg $(BIN)/python -m fastmed.demo
+	MPLBACKEND=Agg $(BIN)/python -c "from fastmed.demo import main; main()"
 
 export: venv
 	$(BIN)/nbdev-export
