@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
+from fastcore.foundation import L
 from monai.losses import TverskyLoss
 
 # %% auto #0
@@ -53,10 +54,12 @@ class CustomLoss(nn.Module):
 
     def activation(self, x:torch.Tensor) -> torch.Tensor:
         "Probabilities: sigmoid for sigmoid-trained or single-channel outputs, else softmax over channels."
+        if isinstance(x, (list, tuple, L)): return L(self.activation(o[None])[0] for o in x)  # get_preds on volumes of different sizes
         return torch.sigmoid(x) if self.sigmoid or x.shape[1] == 1 else torch.softmax(x, dim=1)
 
     def decodes(self, x:torch.Tensor) -> torch.Tensor:
         "Label mask (B, 1, ...) from probabilities: threshold 0.5 for one channel, else argmax over channels."
+        if isinstance(x, (list, tuple, L)): return L(self.decodes(o[None])[0] for o in x)
         return (x > 0.5).long() if x.shape[1] == 1 else x.argmax(dim=1, keepdim=True)
 
 # %% ../nbs/05_losses.ipynb #0db8e389
