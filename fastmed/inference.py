@@ -12,10 +12,14 @@ import numpy as np
 import torch
 from .io import MedicalInputError
 from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing
+from fastai.learner import Learner
 from .data import MedReader
+from .transforms import _size3
+from .patches import SlidingWindowValidation, sliding_window_logits
 
 # %% auto #0
-__all__ = ['preprocess_like_training', 'decode_probabilities', 'predict_volume', 'inference', 'store_variables', 'load_variables']
+__all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predict_volume',
+           'inference', 'store_variables', 'load_variables']
 
 # %% ../nbs/07_inference.ipynb #9131aaef
 def _image_reader(dls) -> MedReader:
@@ -33,15 +37,60 @@ def preprocess_like_training(dls, source) -> MedImage:
     return batch
 
 # %% ../nbs/07_inference.ipynb #8eb682fe
-def _probabilities(learn, batch) -> torch.Tensor:
-    "Model probabilities (C,X,Y,Z) for a one-item `batch` (sigmoid/softmax from the loss's activation)."
-    model = learn.model.eval()
+def _learner_window(learn, roi_size, sw_batch_size, overlap) -> dict | None:
+    "Sliding-window settings: from `roi_size`, else from the learner's `SlidingWindowValidation`, else None."
+    cb = next((c for c in learn.cbs if isinstance(c, SlidingWindowValidation)), None)
+    if roi_size is None and cb is not None:
+        roi_size = cb.roi_size or getattr(learn.dls, 'patch_size', None)
+        sw_batch_size, overlap = cb.sw_batch_size, cb.overlap
+    if roi_size is None: return None
+    return dict(roi_size=_size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
+
+# %% ../nbs/07_inference.ipynb #971c9374
+class LearnerPredictor:
+    "A `Learner` seen as a predictor: its validation preprocessing, network, activation and window."
+    def __init__(self, learn, # a trained `Learner` whose DataLoaders read medical volumes
+                 roi_size=None, # sliding-window size; None: the learner's `SlidingWindowValidation`, else whole volumes
+                 sw_batch_size: int = 4, # windows per forward pass
+                 overlap: float = 0.25, # overlap of neighbouring windows
+                ):
+        self.learn, self.reader = learn, _image_reader(learn.dls)
+        self.window = _learner_window(learn, roi_size, sw_batch_size, overlap)
+        self.reorder, self.resample = self.reader.reorder, self.reader.resample
+
+    @property
+    def network(self): return self.learn.model
+    def preprocess(self, source) -> MedImage: return preprocess_like_training(self.learn.dls, source)
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        "Probabilities from logits with the loss's activation (sigmoid for one channel, softmax otherwise)."
+        act = getattr(self.learn.loss_func, 'activation', None)
+        if act is not None: return act(logits)
+        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
+
+# %% ../nbs/07_inference.ipynb #e8e63c61
+def _as_predictor(obj, **window):
+    "`obj` itself if it is a predictor (e.g. from `load_model`), a `LearnerPredictor` if it is a `Learner`."
+    if all(hasattr(obj, a) for a in ('preprocess', 'network', 'activation', 'window')): return obj
+    if isinstance(obj, Learner): return LearnerPredictor(obj, **window)
+    raise MedicalInputError(f"learn={type(obj).__name__}: expected a Learner, a model from load_model, or a list of them")
+
+# %% ../nbs/07_inference.ipynb #062b41bf
+_TTA_FLIPS = ((), (0,), (1,), (2,))  # spatial axes flipped in each pass; () is the plain prediction
+
+def _forward_probabilities(predictor, batch: torch.Tensor, flips=((),)) -> torch.Tensor:
+    "Mean probabilities (C,X,Y,Z) of a one-item `batch` over `flips`, each flip undone."
+    model = predictor.network.eval()
     device = next(model.parameters()).device
+    x, total = batch.as_subclass(torch.Tensor).to(device), 0
     with torch.no_grad():
-        logits = model(batch.as_subclass(torch.Tensor).to(device))
-    act = getattr(learn.loss_func, 'activation', None)
-    probs = act(logits) if act is not None else (torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1))
-    return probs[0].float().cpu()
+        for axes in flips:
+            dims = [2 + a for a in axes]
+            xi = x.flip(dims) if dims else x
+            logits = sliding_window_logits(model, xi, **predictor.window) if predictor.window else model(xi)
+            probs = predictor.activation(logits.as_subclass(torch.Tensor)).float()
+            total = total + (probs.flip(dims) if dims else probs)
+    return (total / len(flips))[0].cpu()
 
 # %% ../nbs/07_inference.ipynb #fbbf3077
 def decode_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -50,14 +99,34 @@ def decode_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.T
     return probs.argmax(0, keepdim=True).long()
 
 # %% ../nbs/07_inference.ipynb #ca3fee16
-def predict_volume(learn, source, threshold: float = 0.5) -> MedMask:
+def native_probabilities(predictor, # a predictor (see `LearnerPredictor`) or a model from `load_model`
+                         source, # image file, DICOM folder or channel list
+                         tta: bool = False, # average over flips along each axis
+                        ) -> tuple:
+    "(probabilities (C,X,Y,Z) on the source grid of `source`, that grid's `VolumeGeometry`)."
+    batch = predictor.preprocess(source)
+    probs = _forward_probabilities(predictor, batch, _TTA_FLIPS if tta else ((),))
+    g = batch.geometry
+    return to_source_grid(probs, g, 'linear'), VolumeGeometry.from_source(g.source_affine, g.source_shape, g.source_path)
+
+# %% ../nbs/07_inference.ipynb #8f89d0f1
+def predict_volume(learn, # a `Learner`, a model from `load_model`, or a list of them (an ensemble)
+                   source, # image file, DICOM series folder or list of channel files
+                   threshold: float = 0.5, # probability above which a one-channel output is foreground
+                   tta: bool = False, # flip test-time augmentation (each flip undone before averaging)
+                   roi_size=None, # sliding-window size for Learners; None: their `SlidingWindowValidation` or whole volumes
+                   sw_batch_size: int = 4, # windows per forward pass
+                   overlap: float = 0.25, # overlap of neighbouring windows
+                  ) -> MedMask:
     "Predicted mask for `source` on its own source grid (same shape and affine as the file read)."
-    batch = preprocess_like_training(learn.dls, source)
-    probs = _probabilities(learn, batch)
-    geometry = batch.geometry
-    native = to_source_grid(probs, geometry, 'linear')
-    out_geometry = VolumeGeometry.from_source(geometry.source_affine, geometry.source_shape, geometry.source_path)
-    return MedMask.from_data(decode_probabilities(native, threshold), out_geometry)
+    members = learn if isinstance(learn, (list, tuple)) else [learn]
+    if not members: raise MedicalInputError("learn=[]: an ensemble needs at least one model")
+    window = dict(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap)
+    total = geometry = None
+    for member in members:
+        probs, geometry = native_probabilities(_as_predictor(member, **window), source, tta)
+        total = probs if total is None else total + probs
+    return MedMask.from_data(decode_probabilities(total / len(members), threshold), geometry)
 
 # %% ../nbs/07_inference.ipynb #2ba96623
 def _pred_name(source) -> str:
@@ -69,18 +138,26 @@ def _pred_name(source) -> str:
     return f"{name}_pred.nii.gz"
 
 # %% ../nbs/07_inference.ipynb #518ee8bb
-def _check_matches_training(reader: MedReader, reorder, resample):
+def _check_matches_training(predictor, reorder, resample):
     "Error if `reorder`/`resample` given by the caller differ from what the model was trained with."
-    if reorder is not None and bool(reorder) != reader.reorder:
-        raise MedicalInputError(f"reorder={reorder!r}: the model was trained with reorder={reader.reorder}")
-    if resample is not None and normalize_spacing(resample) != reader.resample:
-        raise MedicalInputError(f"resample={resample!r}: the model was trained with resample={reader.resample}")
+    if reorder is not None and bool(reorder) != predictor.reorder:
+        raise MedicalInputError(f"reorder={reorder!r}: the model was trained with reorder={predictor.reorder}")
+    if resample is not None and normalize_spacing(resample) != predictor.resample:
+        raise MedicalInputError(f"resample={resample!r}: the model was trained with resample={predictor.resample}")
 
 # %% ../nbs/07_inference.ipynb #aeaf0d84
-def inference(learn, reorder=None, resample=None, fn=None, save_path=None, threshold: float = 0.5) -> MedMask:
+def inference(learn, # a `Learner`, a model from `load_model`, or a list of them
+              reorder=None, # what the caller believes the model was trained with (checked, not applied)
+              resample=None, # idem, target spacing in mm
+              fn=None, # image file, DICOM series folder or list of channel files
+              save_path=None, # folder to write `<name>_pred.nii.gz` into (atomically); None: don't write
+              threshold: float = 0.5, # probability above which a one-channel output is foreground
+              tta: bool = False, # flip test-time augmentation
+             ) -> MedMask:
     "Predict `fn` in native space and, if `save_path` is given, write `<name>_pred.nii.gz` there (atomically)."
-    _check_matches_training(_image_reader(learn.dls), reorder, resample)
-    mask = predict_volume(learn, fn, threshold)
+    for member in (learn if isinstance(learn, (list, tuple)) else [learn]):
+        _check_matches_training(_as_predictor(member), reorder, resample)
+    mask = predict_volume(learn, fn, threshold, tta=tta)
     if save_path is not None: save_medical(mask, Path(save_path) / _pred_name(fn))
     return mask
 
