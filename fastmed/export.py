@@ -268,11 +268,15 @@ class MedModel:
                 f"resample={self.resample}, window={w['roi_size'] if w else None})")
 
 # %% ../nbs/17_export.ipynb #30aebb99
-_PICKLE_MAGIC = (b'\x80', b'PK\x03\x04')  # pickle protocol ≥2; zip (torch.save)
-
 def _holds_pickle(path: Path) -> bool:
+    "True if `path` starts like a pickle (protocol 2-5) or a zip (what `torch.save` writes, a pickle inside)."
     with open(path, 'rb') as f: head = f.read(4)
-    return any(head.startswith(m) for m in _PICKLE_MAGIC)
+    return (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5) or head == b'PK\x03\x04'
+
+def _is_safetensors(path: Path) -> bool:
+    "True if `path` starts with a safetensors header: its byte length (u64, little-endian), then a JSON object."
+    with open(path, 'rb') as f: head = f.read(9)
+    return len(head) == 9 and head[8:9] == b'{' and 0 < int.from_bytes(head[:8], 'little') <= path.stat().st_size - 8
 
 def _read_contract(path: Path) -> dict:
     "The JSON contract at `path`, checked for format and version."
@@ -309,7 +313,9 @@ def load_model(path, # model name, its .json or .safetensors file; or a pickled 
     weights, contract_path = _model_paths(path)
     for p in (contract_path, weights):
         if not p.is_file(): raise MedicalInputError(p, "file not found (a fastmed model is a .json contract plus .safetensors weights)")
-    if _holds_pickle(weights): _refuse_pickle(weights)
+    if not _is_safetensors(weights):
+        if _holds_pickle(weights): _refuse_pickle(weights)
+        raise MedicalInputError(weights, "not a safetensors file")
     contract = _read_contract(contract_path)
     if _sha256(weights) != contract.get('weights', {}).get('sha256'):
         raise MedicalInputError(weights, f"weights do not match the checksum in {contract_path.name} (changed or corrupt)")
