@@ -24,6 +24,11 @@ from .metrics import *
 from .inference import *
 from .interpret import *
 from .batch_augment import *
+from .postprocess import *
+from .crossval import *
+from .cache import *
+from .patches import *
+from .export import *
 
 # %% ../nbs/09_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]
