@@ -16,7 +16,7 @@ from safetensors.torch import save_model as _save_safetensors, load_model as _lo
 from fasttransform import Pipeline
 import fastmed
 from .io import MedicalInputError
-from .core import MedImage, normalize_spacing
+from .core import MedImage, MedMask, normalize_spacing
 from . import transforms as fmt
 from .inference import LearnerPredictor, _image_reader, predict_volume
 from .interpret import _predicts_masks

@@ -140,6 +140,7 @@ def _patch_items(patch: tio.Subject) -> tuple:
 class PatchQueue(tio.Queue):
     "TorchIO `Queue` of training patches, marked as fastai's training split (train-only transforms apply)."
     split_idx = 0
+    def new_empty(self): return []  # what `learn.export` keeps of the training data: nothing
 
 class PatchDL(TfmdDL):
     "fastai `DataLoader` of (MedImage, MedMask) patches popped from a `PatchQueue`."
