@@ -18,12 +18,13 @@ import fastmed
 from .io import MedicalInputError
 from .core import MedImage, MedMask, normalize_spacing
 from . import transforms as fmt
-from .inference import LearnerPredictor, _image_reader, predict_volume
+from .inference import LearnerPredictor, _image_reader, predict_volume, load_variables
 from .interpret import _predicts_masks
 
 # %% auto #0
 __all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'build_model', 'architecture_spec',
-           'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel', 'load_model']
+           'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel', 'load_model',
+           'load_system_resources']
 
 # %% ../nbs/17_export.ipynb #6ac1e3cf
 ALLOWED_NETWORK_MODULES = ('monai.networks.nets', 'fastmed', 'torch.nn')  # where load_model may find network classes
@@ -324,3 +325,19 @@ def load_model(path, # model name, its .json or .safetensors file; or a pickled 
     try: _load_safetensors(network, str(weights), strict=True, device=str(device))
     except Exception as e: raise MedicalInputError(weights, f"weights do not fit {contract['architecture']['class']}: {e}") from e
     return MedModel(network.to(device), contract)
+
+# %% ../nbs/17_export.ipynb #e2bee4ee
+def load_system_resources(models_path, # folder holding the model and the variables file
+                          learner_fn, # model file in it: fastmed's 'name.json' (or a pickled 'export.pkl' if trusted)
+                          variables_fn, # `store_variables` JSON file in it ('vars.pkl' is fine: it is JSON)
+                          allow_pickle: bool = False, # load a pickled export (trusted files only)
+                         ) -> tuple:
+    "(model, reorder, resample) for `inference`: the model from `models_path/learner_fn`, flags from `variables_fn`."
+    models_path = Path(models_path)
+    try: model = load_model(models_path / learner_fn, allow_pickle=allow_pickle)
+    except MedicalInputError as e:
+        if 'pickle payload' not in str(e): raise
+        raise MedicalInputError(models_path / learner_fn, "is a pickled fastai export (it can run code when loaded): pass "
+                                "allow_pickle=True if you made it, or re-save the learner with save_model(learn, path)") from e
+    _, reorder, resample = load_variables(models_path / variables_fn)
+    return model, reorder, resample
