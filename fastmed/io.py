@@ -106,15 +106,24 @@ def _fmt_affine(a) -> str:
     return '[' + '; '.join(' '.join(f'{v:.4g}' for v in row) for row in np.asarray(a)[:3]) + ']'
 
 # %% ../nbs/00_io.ipynb #264929b1
+def _c_float32(data) -> np.ndarray:
+    "`data` as a writeable C-contiguous float32 array; other layouts are copied 8 planes of the last axis at a time."
+    arr = np.asarray(data)
+    if arr.flags.c_contiguous or arr.ndim < 2:
+        arr = arr.astype(np.float32, copy=False)
+        return arr if arr.flags.writeable else arr.copy()
+    out = np.empty(arr.shape, np.float32)
+    for k in range(0, arr.shape[-1], 8): out[..., k:k + 8] = arr[..., k:k + 8]
+    return out
+
 def _finish(data:np.ndarray, affine, name) -> tuple[torch.Tensor, np.ndarray]:
     "Check `affine` and that all voxels are finite; return `(float32 tensor, float64 affine)`."
     affine = _check_affine(affine, name)
-    arr = np.ascontiguousarray(data, dtype=np.float32)
-    t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
-    if not torch.isfinite(t).all():
-        n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
-        raise MedicalInputError(name, f"has {n_nan} NaN and {n_inf} Inf voxels (of {t.numel()})")
-    return t, affine
+    arr = _c_float32(data)
+    if not np.isfinite(arr).all():
+        n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+        raise MedicalInputError(name, f"has {n_nan} NaN and {n_inf} Inf voxels (of {arr.size})")
+    return torch.from_numpy(arr), affine
 
 # %% ../nbs/00_io.ipynb #d5425394
 def read_nifti(
