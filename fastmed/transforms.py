@@ -190,11 +190,21 @@ class ZNormalization(TioTransform):
         return tuple(out) if isinstance(sample, (list, tuple)) else out[0]
 
     def _per_channel(self, image):
-        channels = [super(ZNormalization, self).encodes(image[c:c + 1]) for c in range(image.shape[0])]
-        data = torch.cat([c.as_subclass(torch.Tensor) for c in channels])
+        if self.tio_transform.masking_method is None: data = self._all_voxels(image)
+        else:
+            channels = [super(ZNormalization, self).encodes(image[c:c + 1]) for c in range(image.shape[0])]
+            data = torch.cat([c.as_subclass(torch.Tensor) for c in channels])
         if not torch.isfinite(data).all():  # e.g. a mask selecting one voxel: std is undefined
             raise MedicalInputError(image.source_path, "ZNormalization gave non-finite values (too few voxels selected?)")
         return MedImage.from_data(data, image.geometry)
+
+    def _all_voxels(self, image) -> torch.Tensor:
+        "Per-channel z-scores over all voxels: TorchIO's formula (unbiased std), without its masked copy."
+        x = image.as_subclass(torch.Tensor).float()
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        if (std == 0).any():
+            raise MedicalInputError(image.source_path, "ZNormalization failed: standard deviation is 0 (constant image)")
+        return (x - x.mean(dim=(1, 2, 3), keepdim=True)) / std
 
 # %% ../nbs/03_transforms.ipynb #38efbe2f
 class RescaleIntensity(TioTransform):
