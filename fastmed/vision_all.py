@@ -29,6 +29,7 @@ from .crossval import *
 from .cache import *
 from .patches import *
 from .export import *
+from .external import *
 
 # %% ../nbs/09_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]
