@@ -116,3 +116,6 @@ def main(argv=None) -> int:
     except MedicalInputError as e:
         print(f"fastmed: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+
+# %% ../nbs/18_cli.ipynb #ad5c6a96
+if __name__ == '__main__': sys.exit(main())  # `python -m fastmed.cli ...` works like the `fastmed` script
