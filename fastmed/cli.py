@@ -118,4 +118,4 @@ def main(argv=None) -> int:
         return 2
 
 # %% ../nbs/18_cli.ipynb #ad5c6a96
-if __name__ == '__main__': sys.exit(main())  # `python -m fastmed.cli ...` works like the `fastmed` script
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())  # `python -m fastmed.cli`; not in a notebook
