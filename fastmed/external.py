@@ -7,9 +7,34 @@ Docs: https://fastmed.github.io/fastmed/external.html.md"""
 # %% ../nbs/19_external.ipynb #de79746a
 from __future__ import annotations
 import os
+import re
+import json
+import stat
+import shutil
+import hashlib
+import tarfile
+import zipfile
+import tempfile
+import http.client
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
+
+import numpy as np
+import pandas as pd
+from fastprogress.fastprogress import progress_bar
+
+from .io import MedicalInputError, write_nifti
+from .synthetic import _save_csv
 
 # %% auto #0
-__all__ = ['offline_mode']
+__all__ = ['MEDMNIST3D_STUDIES', 'MSD_TASKS', 'RESOURCES', 'offline_mode', 'Resource', 'file_digest', 'mirror_registry',
+           'download_url', 'is_extracted', 'safe_extract', 'fetch_resource', 'download_medmnist3d_dataset',
+           'download_NoduleMNIST3D', 'download_ixi_tiny', 'download_ixi_data', 'download_decathlon_task']
 
 # %% ../nbs/19_external.ipynb #841246ca
 def offline_mode() -> bool:
@@ -18,3 +43,449 @@ def offline_mode() -> bool:
     if flag in ('1', 'true', 'yes'): return True
     if flag in ('0', 'false', 'no'): return False
     return bool(os.environ.get('IN_TEST'))
+
+# %% ../nbs/19_external.ipynb #a97d834b
+@dataclass(frozen=True)
+class Resource:
+    "One downloadable file: where it lives, what it must hash to, and its name on disk."
+    url:str               # Where the file is downloaded from
+    filename:str          # Name of the file on disk
+    md5:str|None=None     # Published MD5 (hex) the file must match, if any
+    sha256:str|None=None  # Published SHA-256 (hex) the file must match, if any
+    size:int|None=None    # Size in bytes, if published
+    license:str=''        # Where the data's terms of use are stated
+    note:str=''           # Anything a user should know, e.g. why there is no checksum
+
+    def at(self, base_url:str) -> Resource:
+        "The same file served from `base_url` (a mirror): `base_url/filename`, same checksums."
+        return replace(self, url=f"{base_url.rstrip('/')}/{self.filename}")
+
+# %% ../nbs/19_external.ipynb #e0c02a32
+MEDMNIST3D_STUDIES = ('OrganMNIST3D', 'NoduleMNIST3D', 'AdrenalMNIST3D', 'FractureMNIST3D', 'VesselMNIST3D', 'SynapseMNIST3D')
+MSD_TASKS = ('Task01_BrainTumour', 'Task02_Heart', 'Task04_Hippocampus', 'Task09_Spleen')
+
+# (file stem, MD5 of the 28³ file, MD5 of the 64³ file) from MedMNIST's medmnist/info.py
+_MEDMNIST3D_MD5 = (('organmnist3d', 'a0c5a1ff56af4f155c46d46fbb45a2fe', '58a2205adf14a9d0a189cb06dc78bf10'),
+                   ('nodulemnist3d', '8755a7e9e05a4d9ce80a24c3e7a256f3', 'c47c5b7d457bf6332200d2ea6d64ecd8'),
+                   ('adrenalmnist3d', 'bbd3c5a5576322bc4cdfea780653b1ce', '17721accfe9fb005146a47d33bc54b2f'),
+                   ('fracturemnist3d', '6aa7b0143a6b42da40027a9dda61302f', 'f01d7e6316aedf4210da0da5b7437b42'),
+                   ('vesselmnist3d', 'b41fd4f7e7e2feedddb201585ecafa1b', '6bb274a8846e1097066dcd64e2c4520f'),
+                   ('synapsemnist3d', '1235b78a3cd6280881dd7850a78eadb6', '43bd14ebf3af9d3dd072446fedc14d5e'))
+# MD5s of MONAI's copies of the Decathlon tars (monai.apps.DecathlonDataset)
+_MSD_MD5 = (('Task01_BrainTumour', '240a19d752f0d9e9101544901065d872'), ('Task02_Heart', '06ee59366e1e5124267b774dbd654057'),
+            ('Task04_Hippocampus', '9d24dba78a72977dbd1d2e110310f31b'), ('Task09_Spleen', '410d4a301da4e5b2f6f86ec3ddba524e'))
+
+_MEDMNIST_LICENSE = 'CC BY 4.0 (https://medmnist.com, https://zenodo.org/records/10519652)'
+_IXI_LICENSE = 'CC BY-SA 3.0 (https://brain-development.org/ixi-dataset/)'
+_IXI_URL = 'http://biomedic.doc.ic.ac.uk/brain-development/downloads/IXI/'
+
+RESOURCES = MappingProxyType({
+    **{f'{stem}{sfx}': Resource(f'https://zenodo.org/records/10519652/files/{stem}{sfx}.npz?download=1', f'{stem}{sfx}.npz',
+                                md5=md5, license=_MEDMNIST_LICENSE)
+       for stem, md5_28, md5_64 in _MEDMNIST3D_MD5 for sfx, md5 in (('', md5_28), ('_64', md5_64))},
+    'ixi_tiny': Resource('https://www.dropbox.com/s/ogxjwjxdv5mieah/ixi_tiny.zip?dl=1', 'ixi_tiny.zip',
+                         md5='bfb60f4074283d78622760230bfa1f98', license=_IXI_LICENSE, note='URL and MD5 from torchio.datasets.IXITiny'),
+    'ixi_t1': Resource(_IXI_URL + 'IXI-T1.tar', 'IXI-T1.tar', md5='34901a0593b41dd19c1a1f746eac2d58', license=_IXI_LICENSE,
+                       note='URL and MD5 from torchio.datasets.IXI'),
+    'ixi_demographics': Resource(_IXI_URL + 'IXI.xls', 'IXI.xls', license=_IXI_LICENSE,
+                                 note='no checksum or size is published for IXI.xls: only completeness is checked'),
+    **{task: Resource(f'https://msd-for-monai.s3-us-west-2.amazonaws.com/{task}.tar', f'{task}.tar', md5=md5,
+                      license='CC BY-SA 4.0 (http://medicaldecathlon.com)', note='URL and MD5 from monai.apps.DecathlonDataset')
+       for task, md5 in _MSD_MD5},
+})
+
+# %% ../nbs/19_external.ipynb #0dd61bb0
+def file_digest(path,        # File to hash
+                algo='md5',  # Any `hashlib` algorithm name
+               ) -> str:     # Lower-case hex digest
+    "Hex digest of the file `path`, read in 1 MiB blocks."
+    h = hashlib.new(algo)
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
+    return h.hexdigest()
+
+# %% ../nbs/19_external.ipynb #8e43c09f
+def mirror_registry(base_url:str,                       # Server (and folder) holding the files under their registry file names
+                    registry:Mapping=RESOURCES,         # Registry to copy
+                    checksums_from=None,                # Folder of copies whose MD5 and size replace the registered ones
+                   ) -> Mapping[str, Resource]:         # A new read-only registry
+    "A new read-only registry whose files come from `base_url`, optionally re-checksummed from local copies."
+    folder = None if checksums_from is None else Path(checksums_from)
+    def _moved(r):
+        r, copy = r.at(base_url), None if folder is None else folder/r.filename
+        if copy is None or not copy.is_file(): return r
+        return replace(r, md5=file_digest(copy), sha256=None, size=copy.stat().st_size, note=f'checksums from {copy}')
+    return MappingProxyType({k: _moved(r) for k, r in registry.items()})
+
+# %% ../nbs/19_external.ipynb #60f4f129
+def _mismatch(path:Path, md5=None, sha256=None, size=None) -> str|None:
+    "Why the file `path` differs from the expected size/checksums, or None if it matches."
+    if size is not None and (got := path.stat().st_size) != size: return f"size {got} bytes, expected {size}"
+    for algo, want in (('md5', md5), ('sha256', sha256)):
+        if want and (got := file_digest(path, algo)) != want.lower(): return f"{algo} {got}, expected {want.lower()}"
+    return None
+
+# %% ../nbs/19_external.ipynb #b70a360c
+def _open(url:str, start:int, timeout:float):
+    "Response to a GET of `url` from byte `start` on (None if the server says that range is unsatisfiable)."
+    headers = {'User-Agent': 'fastmed', **({'Range': f'bytes={start}-'} if start else {})}
+    try: return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        e.close()
+        if e.code == 416 and start: return None
+        raise MedicalInputError(url, f"the server answered HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, 'reason', e)
+        raise MedicalInputError(url, f"cannot be reached ({why}); check the internet connection, or download the "
+                                     "file elsewhere and pass a mirror_registry") from None
+    except ValueError as e: raise MedicalInputError(url, f"is not a usable URL ({e})") from None
+
+# %% ../nbs/19_external.ipynb #6c3ca77a
+def _body_start(resp, start:int) -> tuple[int|None, int|None]:
+    "(offset at which the body of `resp` starts, full file size or None); offset None if a 206 starts elsewhere."
+    if resp.status == 206:
+        m = re.fullmatch(r'bytes (\d+)-\d+/(\d+|\*)', resp.headers.get('Content-Range', '').strip())
+        if not m or int(m[1]) != start: return None, None
+        return start, None if m[2] == '*' else int(m[2])
+    n = resp.headers.get('Content-Length')
+    return 0, None if n is None else int(n)
+
+# %% ../nbs/19_external.ipynb #11a43a33
+def _copy(resp, f, done:int, total:int|None, progress:bool):
+    "Copy the body of `resp` into the open file `f` (already `done` bytes long), with a bar when the size is known."
+    bar = progress_bar(range(total), total=total, leave=False) if progress and total else None
+    if bar: bar.update(0)
+    if bar and done: bar.update(done)
+    while block := resp.read(1 << 16):
+        f.write(block)
+        done += len(block)
+        if bar: bar.update(done)
+
+# %% ../nbs/19_external.ipynb #41433286
+def _transfer(url:str, part:Path, timeout:float, progress:bool) -> int|None:
+    "Append the rest of `url` to `part` (a Range request; from zero if the server ignores it); return the full size."
+    start = part.stat().st_size if part.exists() else 0
+    resp = _open(url, start, timeout)
+    if resp is None: start, resp = 0, _open(url, 0, timeout)  # 416: `part` is no prefix of the file
+    with resp:
+        offset, total = _body_start(resp, start)
+        if offset is None:
+            part.unlink(missing_ok=True)
+            raise http.client.HTTPException(f'resumed at the wrong offset (asked for byte {start})')
+        with open(part, 'ab' if offset else 'wb') as f: _copy(resp, f, offset, total, progress)
+    return total
+
+# %% ../nbs/19_external.ipynb #a810cd72
+def _fetch_to(url:str, part:Path, timeout:float, progress:bool, retries:int):
+    "Bring `part` to the full length of `url`, resuming after a broken transfer up to `retries` times."
+    for _ in range(retries + 1):
+        try: total = _transfer(url, part, timeout, progress)
+        except (http.client.HTTPException, OSError) as e:  # the connection broke mid-transfer: resume
+            err = repr(e); continue
+        have = part.stat().st_size
+        if total is None or have == total: return
+        if have > total: part.unlink()
+        err = f'{have} of {total} bytes'
+    raise MedicalInputError(url, f"the transfer kept breaking off ({err}); run again to resume from {part}")
+
+# %% ../nbs/19_external.ipynb #fd302104
+def download_url(url:str,            # http(s) URL of the file
+                 dest,               # Final path of the file; `dest.part` holds it while downloading
+                 md5:str|None=None,  # Expected MD5 (hex)
+                 sha256:str|None=None, # Expected SHA-256 (hex)
+                 size:int|None=None, # Expected size in bytes
+                 timeout:float=30.,  # Seconds to wait for the server on each network operation
+                 progress:bool=True, # Show a fastprogress bar
+                 retries:int=5,      # Resumes attempted after a broken transfer
+                ) -> Path:           # `dest`
+    "Download `url` to `dest`: resumable `.part` file, checksum-verified, atomic rename; no network if `dest` already matches."
+    dest = Path(dest)
+    if dest.is_file() and _mismatch(dest, md5, sha256, size) is None: return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + '.part')
+    if size is not None and part.exists() and part.stat().st_size > size: part.unlink()
+    for fresh in (False, True):  # a resumed file that fails its check is fetched once more from zero
+        if fresh: part.unlink(missing_ok=True)
+        resumed = part.exists() and part.stat().st_size > 0
+        _fetch_to(url, part, timeout, progress, retries)
+        why = _mismatch(part, md5, sha256, size)
+        if why is None: os.replace(part, dest); return dest
+        if not resumed: break
+    part.unlink(missing_ok=True)
+    raise MedicalInputError(f"{url} -> {dest}", f"the download does not match: {why}; the bad file was deleted")
+
+# %% ../nbs/19_external.ipynb #4f14883a
+_MARKER = '.fastmed-extracted.json'
+
+def _escapes(p:PurePosixPath) -> bool:
+    "True if the relative path `p` climbs above its root once its `..` components are applied."
+    depth = 0
+    for part in p.parts:
+        depth += -1 if part == '..' else 0 if part == '.' else 1
+        if depth < 0: return True
+    return False
+
+# %% ../nbs/19_external.ipynb #19ee9873
+def _member_problem(name:str, kind:str, target:str|None=None) -> str|None:
+    "Why an archive member `name` of `kind` ('file', 'dir', 'symlink', 'hardlink', ...) must not be extracted, or None."
+    p = PurePosixPath(name.replace('\\', '/'))
+    if p.is_absolute() or PureWindowsPath(name).drive: return "has an absolute path"
+    if '..' in p.parts: return "has a '..' component"
+    if kind in ('file', 'dir'): return None
+    if kind not in ('symlink', 'hardlink'): return f"is a {kind}; device files and FIFOs are not extracted"
+    t = PurePosixPath((target or '').replace('\\', '/'))
+    base = p.parent if kind == 'symlink' else PurePosixPath()  # a hard link's target is relative to the archive root
+    if t.is_absolute() or PureWindowsPath(target or '').drive or _escapes(base/t):
+        return f"is a {kind} to '{target}', outside the destination"
+    return None
+
+# %% ../nbs/19_external.ipynb #4037e81c
+def _tar_kind(m:tarfile.TarInfo) -> str:
+    "Kind of tar member `m` in the words `_member_problem` uses."
+    if m.isreg(): return 'file'
+    if m.isdir(): return 'dir'
+    if m.issym(): return 'symlink'
+    if m.islnk(): return 'hardlink'
+    return 'character device' if m.ischr() else 'block device' if m.isblk() else 'FIFO' if m.isfifo() else 'special file'
+
+def _zip_kind(info:zipfile.ZipInfo) -> str:
+    "Kind of zip member `info` from its Unix mode bits (zips made on Windows have none: plain files)."
+    mode = info.external_attr >> 16
+    if info.is_dir(): return 'dir'
+    if stat.S_ISLNK(mode): return 'symlink'
+    return 'file' if not stat.S_IFMT(mode) or stat.S_ISREG(mode) else 'special file'
+
+# %% ../nbs/19_external.ipynb #7199d3be
+def _archive_members(archive:Path) -> list[tuple[str, str, str|None]]:
+    "(name, kind, link target) of every member of the tar(.gz/.bz2/.xz) or zip file `archive`."
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return [(i.filename, k, zf.read(i).decode('utf-8', 'replace') if k == 'symlink' else None)
+                    for i in zf.infolist() for k in [_zip_kind(i)]]
+    try:
+        with tarfile.open(archive) as tf: return [(m.name, _tar_kind(m), m.linkname or None) for m in tf.getmembers()]
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise MedicalInputError(archive, f"is not a readable tar or zip archive ({e})") from None
+
+# %% ../nbs/19_external.ipynb #06703cdb
+def _extract_all(archive:Path, dest:Path):
+    "Extract every (already checked) member of `archive` into `dest`, with tarfile's 'data' filter where Python has it."
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf: zf.extractall(dest)
+        return
+    try:
+        with tarfile.open(archive) as tf: tf.extractall(dest, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+    except getattr(tarfile, 'FilterError', ()) as e:
+        raise MedicalInputError(archive, f"member '{e.tarinfo.name}' was refused ({e}); nothing was extracted") from None
+
+# %% ../nbs/19_external.ipynb #c0f4dde0
+def is_extracted(dest) -> bool:
+    "True if `safe_extract` completed an extraction into the folder `dest`."
+    return (Path(dest)/_MARKER).is_file()
+
+# %% ../nbs/19_external.ipynb #6b7ed467
+def safe_extract(archive,     # A tar, tar.gz (.bz2, .xz) or zip file
+                 dest,        # Folder to create with the archive's content
+                 subdir=None, # Archive folder whose content becomes `dest` (e.g. the archive's single top folder)
+                ) -> Path:    # `dest`
+    "Extract `archive` into `dest` atomically, refusing members that could land outside it; skip if already done."
+    archive, dest = Path(archive), Path(dest)
+    if is_extracted(dest): return dest
+    if dest.exists() and any(dest.iterdir()): raise MedicalInputError(dest, "exists and holds no finished extraction; remove it or pick another folder")
+    for name, kind, target in _archive_members(archive):
+        if why := _member_problem(name, kind, target): raise MedicalInputError(archive, f"member '{name}' {why}; nothing was extracted")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
+    try:
+        _extract_all(archive, tmp)
+        src = tmp/subdir if subdir else tmp
+        if not src.is_dir(): raise MedicalInputError(archive, f"has no top folder '{subdir}'")
+        (src/_MARKER).write_text(json.dumps({'archive': archive.name, 'bytes': archive.stat().st_size}))
+        src.chmod(0o755)
+        if dest.exists(): dest.rmdir()
+        os.replace(src, dest)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+# %% ../nbs/19_external.ipynb #eb37d4c2
+def fetch_resource(resource:Resource,   # Registry entry of the file
+                   folder,              # Folder to put it in, as `folder/resource.filename`
+                   progress:bool=True,  # Show a progress bar
+                   timeout:float=30.,   # Seconds to wait for the server on each network operation
+                  ) -> Path:            # The verified file
+    "Download a registry entry into `folder` (no network if a verified copy is already there)."
+    return download_url(resource.url, Path(folder)/resource.filename, md5=resource.md5, sha256=resource.sha256,
+                        size=resource.size, timeout=timeout, progress=progress)
+
+# %% ../nbs/19_external.ipynb #5a49ee08
+def _entry(registry:Mapping, key:str) -> Resource:
+    "The registry entry `key`, or a one-line error naming it."
+    if key not in registry: raise MedicalInputError(f"registry: has no entry '{key}'")
+    return registry[key]
+
+def _fetch_extracted(res:Resource, dest:Path, subdir, progress, timeout, keep_archive) -> Path:
+    "`dest` holding the extracted archive `res` (downloaded next to `dest`), unless an earlier call finished it."
+    if is_extracted(dest): return dest
+    archive = fetch_resource(res, dest.parent, progress=progress, timeout=timeout)
+    safe_extract(archive, dest, subdir=subdir)
+    if not keep_archive: archive.unlink()
+    return dest
+
+# %% ../nbs/19_external.ipynb #d7c45d69
+_MEDMNIST_KEYS = ('train_images', 'train_labels', 'val_images', 'val_labels', 'test_images', 'test_labels')
+_MEDMNIST_CLASSES = MappingProxyType({'NoduleMNIST3D': ('b', 'm')})
+
+def _medmnist_study(study:str, size:int) -> tuple[str, str]:
+    "(canonical study name, registry key) for `study` at cube edge `size`, or a one-line error."
+    names = {s.lower(): s for s in MEDMNIST3D_STUDIES}
+    if str(study).lower() not in names:
+        raise MedicalInputError(f"study={study!r}: not a MedMNIST 3D study; expected one of {', '.join(MEDMNIST3D_STUDIES)}")
+    if size not in (28, 64): raise MedicalInputError(f"size={size!r}: MedMNIST 3D cubes come in 28 or 64 voxels per side")
+    return names[study.lower()], study.lower() + ('' if size == 28 else f'_{size}')
+
+# %% ../nbs/19_external.ipynb #93c67d0b
+def _medmnist_arrays(npz:Path) -> dict:
+    "The six MedMNIST arrays of `npz`, checked for the keys and shapes a 3D study has."
+    with np.load(npz) as data:
+        missing = [k for k in _MEDMNIST_KEYS if k not in data.files]
+        if missing: raise MedicalInputError(npz, f"has no {', '.join(missing)}; is it a MedMNIST 3D file?")
+        arrays = {k: data[k] for k in _MEDMNIST_KEYS}
+    for split in ('train', 'val', 'test'):
+        imgs, lbls = arrays[f'{split}_images'], arrays[f'{split}_labels']
+        if imgs.ndim != 4 or len(lbls) != len(imgs):
+            raise MedicalInputError(npz, f"{split}_images has shape {imgs.shape} for {len(lbls)} labels; expected (N, s, s, s)")
+    return arrays
+
+# %% ../nbs/19_external.ipynb #6b6c8474
+def _write_cubes(images:np.ndarray, folder:Path, split:str, max_workers:int) -> list[str]:
+    "Write each `uint8` cube of `images` as folder/split/split_NNNNN.nii.gz (1 mm identity affine); keep existing files."
+    paths = [folder/split/f'{split}_{i:05d}.nii.gz' for i in range(len(images))]
+    todo = [i for i, p in enumerate(paths) if not p.exists()]
+    with ThreadPoolExecutor(max(1, int(max_workers))) as ex:  # zlib compression releases the GIL: threads suffice
+        list(ex.map(lambda i: write_nifti(paths[i], images[i], np.eye(4), dtype=np.uint8), todo))
+    return [str(p) for p in paths]
+
+# %% ../nbs/19_external.ipynb #36c23260
+def download_medmnist3d_dataset(study:str,           # One of `MEDMNIST3D_STUDIES` (any case), e.g. 'NoduleMNIST3D'
+                                path='../data',      # Data folder; the study goes to path/study (path/study_64 for size 64)
+                                max_workers:int=8,   # Threads writing NIfTI files
+                                size:int=28,         # Cube edge: 28 or 64 voxels
+                                registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
+                                progress:bool=True,  # Show a download progress bar
+                                timeout:float=30.,   # Seconds to wait for the server on each network operation
+                               ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: img_path, labels, is_val), (test_df: img_path, labels)
+    "Download a MedMNIST 3D study, write its cubes as NIfTI and return (train+val table, test table)."
+    name, key = _medmnist_study(study, size)
+    folder = Path(path).resolve()/(name if size == 28 else f'{name}_{size}')
+    arrays = _medmnist_arrays(fetch_resource(_entry(registry, key), folder, progress=progress, timeout=timeout))
+    classes, frames = _MEDMNIST_CLASSES.get(name), {}
+    for split in ('train', 'val', 'test'):
+        lbls = arrays[f'{split}_labels'].reshape(len(arrays[f'{split}_labels']), -1)[:, 0].tolist()
+        frames[split] = pd.DataFrame({'img_path': _write_cubes(arrays[f'{split}_images'], folder, split, max_workers),
+                                      'labels': [classes[int(l)] if classes else str(int(l)) for l in lbls]})
+    df = pd.concat([frames['train'].assign(is_val=False), frames['val'].assign(is_val=True)], ignore_index=True)
+    return df, frames['test']
+
+# %% ../nbs/19_external.ipynb #da99036d
+def download_NoduleMNIST3D(path='../data',    # Data folder; the cubes go to path/NoduleMNIST3D
+                           max_workers:int=8, # Threads writing NIfTI files
+                           **kwargs,          # `size`, `registry`, `progress`, `timeout` of `download_medmnist3d_dataset`
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: img_path, labels 'b'/'m', is_val), (test_df: img_path, labels)
+    "Download NoduleMNIST3D (benign/malignant lung nodule CT cubes) as NIfTI files; return (df, test_df)."
+    return download_medmnist3d_dataset('NoduleMNIST3D', path=path, max_workers=max_workers, **kwargs)
+
+# %% ../nbs/19_external.ipynb #6ad664e3
+def _ixi_tiny_table(study:Path) -> pd.DataFrame:
+    "subject_id, t1_path, labels for every `image/*_image.nii.gz` of `study` and its `label/*_label.nii.gz`."
+    rows = []
+    for img in sorted((study/'image').glob('*_image.nii.gz')):
+        sid = img.name[:-len('_image.nii.gz')]
+        lbl = study/'label'/f'{sid}_label.nii.gz'
+        if not lbl.is_file(): raise MedicalInputError(img, f"has no brain mask {lbl.name} in {lbl.parent}")
+        rows.append(dict(subject_id=sid, t1_path=str(img), labels=str(lbl)))
+    if not rows: raise MedicalInputError(study/'image', "holds no *_image.nii.gz files")
+    return pd.DataFrame(rows, columns=['subject_id', 't1_path', 'labels'])
+
+# %% ../nbs/19_external.ipynb #47d0afad
+def download_ixi_tiny(path='../data',             # Data folder; the study goes to path/IXITiny
+                      registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
+                      progress:bool=True,         # Show a download progress bar
+                      timeout:float=30.,          # Seconds to wait for the server on each network operation
+                      keep_archive:bool=False,    # Keep ixi_tiny.zip after extracting it
+                     ) -> Path:                   # The study folder: image/, label/, dataset.csv
+    "Download IXI Tiny (T1 brain MRIs with brain masks) and write its dataset.csv (subject_id, t1_path, labels)."
+    study = _fetch_extracted(_entry(registry, 'ixi_tiny'), Path(path).resolve()/'IXITiny', 'ixi_tiny',
+                             progress, timeout, keep_archive)
+    if not (study/'dataset.csv').is_file(): _save_csv(_ixi_tiny_table(study), study/'dataset.csv')
+    return study
+
+# %% ../nbs/19_external.ipynb #61ab01e2
+def _read_demographics(file:Path) -> pd.DataFrame:
+    "The IXI demographics table from `IXI.xls` (needs xlrd) or a CSV export of it, checked for its columns."
+    if file.suffix.lower() == '.csv': demo = pd.read_csv(file)
+    else:
+        try: demo = pd.read_excel(file)
+        except ImportError: raise MedicalInputError(file, "reading .xls needs the xlrd package: pip install xlrd") from None
+        except Exception as e: raise MedicalInputError(file, f"cannot be read as a spreadsheet ({type(e).__name__}: {e})") from None
+    missing = [c for c in ('IXI_ID', 'AGE') if c not in demo.columns]
+    if missing: raise MedicalInputError(file, f"has no column {', '.join(missing)}; is it IXI's demographics table?")
+    return demo
+
+# %% ../nbs/19_external.ipynb #ea7d0b30
+def _ixi_ages(demo:pd.DataFrame) -> pd.DataFrame:
+    "subject_id ('IXI002'), age and sex per subject with exactly one recorded age."
+    d = demo.dropna(subset=['IXI_ID', 'AGE'])
+    n_ages = d.groupby('IXI_ID')['AGE'].nunique()
+    d = d[d.IXI_ID.isin(n_ages.index[n_ages == 1])].drop_duplicates('IXI_ID')
+    sex = d['SEX_ID (1=m, 2=f)'].map({1: 'M', 2: 'F'}) if 'SEX_ID (1=m, 2=f)' in d else pd.Series(None, index=d.index)
+    return pd.DataFrame({'subject_id': [f'IXI{int(i):03d}' for i in d.IXI_ID], 'age': d.AGE.astype(float).values,
+                         'sex': sex.values})
+
+# %% ../nbs/19_external.ipynb #a50a8610
+def download_ixi_data(path='../data',             # Data folder; the files go to path/IXI
+                      registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
+                      progress:bool=True,         # Show download progress bars
+                      timeout:float=30.,          # Seconds to wait for the server on each network operation
+                      keep_archive:bool=False,    # Keep IXI-T1.tar after extracting it
+                     ) -> pd.DataFrame:           # subject_id, t1_path, age, sex; one row per subject with a known age
+    "Download the IXI T1 scans and demographics; return one row per scanned subject with a known age."
+    study = Path(path).resolve()/'IXI'
+    t1_dir = _fetch_extracted(_entry(registry, 'ixi_t1'), study/'T1', None, progress, timeout, keep_archive)
+    ages = _ixi_ages(_read_demographics(fetch_resource(_entry(registry, 'ixi_demographics'), study, progress, timeout)))
+    scans = pd.DataFrame({'t1_path': [str(p) for p in sorted(t1_dir.glob('IXI*-T1.nii.gz'))]})
+    scans['subject_id'] = [Path(p).name.split('-')[0] for p in scans.t1_path]
+    df = scans.merge(ages, on='subject_id', how='inner')
+    return df[['subject_id', 't1_path', 'age', 'sex']].sort_values('subject_id', ignore_index=True)
+
+# %% ../nbs/19_external.ipynb #d79d16ff
+def _task_file(folder:Path, rel:str, meta_file:Path) -> str:
+    "Absolute path of `rel` (from dataset.json) inside the task `folder`, checked to exist and stay inside."
+    p = (folder/rel).resolve()
+    if not p.is_relative_to(folder.resolve()): raise MedicalInputError(meta_file, f"lists '{rel}', outside the task folder")
+    if not p.is_file(): raise MedicalInputError(meta_file, f"lists '{rel}', which does not exist")
+    return str(p)
+
+def _decathlon_tables(folder:Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(image/label table of the `training` list, image table of the `test` list) from the task's dataset.json."
+    meta_file = folder/'dataset.json'
+    if not meta_file.is_file(): raise MedicalInputError(folder, "has no dataset.json; is it a Decathlon task folder?")
+    meta = json.loads(meta_file.read_text())
+    df = pd.DataFrame([{k: _task_file(folder, d[k], meta_file) for k in ('image', 'label')} for d in meta.get('training', [])],
+                      columns=['image', 'label'])
+    tests = [t if isinstance(t, str) else t['image'] for t in meta.get('test', [])]
+    test_df = pd.DataFrame({'image': [_task_file(folder, t, meta_file) for t in tests]}, columns=['image'])
+    for t in (df, test_df): t.attrs.update(task=folder.name, labels=meta.get('labels', {}), modality=meta.get('modality', {}))
+    return df, test_df
+
+# %% ../nbs/19_external.ipynb #b3a4f672
+def download_decathlon_task(task:str,                   # One of `MSD_TASKS`, e.g. 'Task09_Spleen'
+                            path='../data',             # Data folder; the task goes to path/task
+                            registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
+                            progress:bool=True,         # Show a download progress bar
+                            timeout:float=30.,          # Seconds to wait for the server on each network operation
+                            keep_archive:bool=False,    # Keep the task's tar after extracting it
+                           ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: image, label), (test_df: image)
+    "Download a Medical Segmentation Decathlon task; return (labelled image/label table, unlabelled test table)."
+    if task not in MSD_TASKS: raise MedicalInputError(f"task={task!r}: expected one of {', '.join(MSD_TASKS)}")
+    folder = _fetch_extracted(_entry(registry, task), Path(path).resolve()/task, task, progress, timeout, keep_archive)
+    return _decathlon_tables(folder)
