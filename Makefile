@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastmed-installed
 
-.PHONY: demo test venv export sync-check nbtest pytest readme clean
+.PHONY: demo test venv export sync-check nbtest pytest readme docs clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,12 @@ test: sync-check nbtest pytest
 # README.md is generated from nbs/index.ipynb (Quarto is not needed)
 readme: venv
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
+
+# The documentation site offline (Quarto is not needed; nbdev-docs builds the Quarto site where it exists):
+# home page and tutorials executed in offline mode (cached by notebook hash), one API page per module.
+# Open _site/html/index.html. See docs/build_docs.py.
+docs: venv
+	$(BIN)/python docs/build_docs.py --strict
 
 clean:
 	rm -rf _docs _proc .pytest_cache demo_output
