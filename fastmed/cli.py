@@ -10,7 +10,7 @@ import argparse, os, sys, tempfile
 from pathlib import Path
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .io import MedicalInputError
+from .io import MedicalInputError, _write_failure
 from .core import save_medical
 from .dataset import MedDataset, _image_name
 from .inference import predict_volume, _pred_name
@@ -49,7 +49,10 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     os.close(fd)
     try: df.to_csv(tmp, index=False); os.replace(tmp, path)
-    except BaseException: Path(tmp).unlink(missing_ok=True); raise
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError): raise _write_failure(path, e) from e
+        raise
     return path
 
 def _check_writable(out_dir: Path):
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
     "Entry point of the `fastmed` console script; returns the exit status."
     args = _parser().parse_args(argv)
     try: return {'summary': summary_command, 'predict': predict_command}[args.command](args)
-    except MedicalInputError as e:
+    except (MedicalInputError, OSError) as e:  # bad input, or a write that failed (full disk): one line, no traceback
         print(f"fastmed: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 

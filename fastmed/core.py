@@ -98,15 +98,21 @@ def resolve_preprocessing(reorder=None, resample=None, apply_reorder=None, targe
 
 # %% ../nbs/01_core.ipynb #4e9b4a8e
 def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> torch.Tensor:
-    "`data` rounded to int64 labels; error if any voxel is further than `tol` from an integer."
-    if not data.is_floating_point(): return data.long()
-    rounded = torch.round(data)
-    bad = (data - rounded).abs() > tol
-    if bad.any():
-        example = float(data[bad][0])
-        raise MedicalInputError(source or 'mask', f"mask has {int(bad.sum())} non-integer voxels (e.g. {example:.4g}); "
-                                "labels must be integers")
-    return rounded.long()
+    "`data` rounded to int64 labels; error if any voxel is further than `tol` from an integer, or negative."
+    labels = data.long()
+    if data.is_floating_point():
+        labels = torch.round(data)
+        bad = (data - labels).abs() > tol
+        if bad.any():
+            example = float(data[bad][0])
+            raise MedicalInputError(source or 'mask', f"mask has {int(bad.sum())} non-integer voxels (e.g. {example:.4g}); "
+                                    "labels must be integers")
+        labels = labels.long()
+    if labels.numel() and labels.min() < 0:
+        neg = labels < 0
+        raise MedicalInputError(source or 'mask', f"mask has {int(neg.sum())} negative voxels (e.g. {int(labels[neg][0])}); "
+                                "labels must be 0 (background) or positive integers")
+    return labels
 
 # %% ../nbs/01_core.ipynb #a18cdb77
 def _tio_image(data: torch.Tensor, affine, is_mask: bool):

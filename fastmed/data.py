@@ -91,6 +91,17 @@ class CheckPairAlignment(ItemTransform):
                                     f"by up to {diff:.4g} mm")
 
 # %% ../nbs/04_data.ipynb #8f8b6a56
+def _check_source(source, getters):
+    "Refuse an empty `source`, or a DataFrame lacking a column one of the `ColReader` `getters` reads."
+    if hasattr(source, '__len__') and len(source) == 0:
+        raise MedicalInputError('source', f"is empty (0 rows of {type(source).__name__}): nothing to build DataLoaders from")
+    if not isinstance(source, pd.DataFrame): return
+    for g in getters:
+        for col in (getattr(g, 'cols', None) or []) if isinstance(g, ColReader) else []:
+            ok = col < len(source.columns) if isinstance(col, int) else col in source.columns
+            if not ok: raise MedicalInputError(f"ColReader({col!r})", f"no such column in the DataFrame (columns: {list(source.columns)})")
+
+# %% ../nbs/04_data.ipynb #f55e83d4
 class MedDataBlock(DataBlock):
     "A fastai `DataBlock` whose medical blocks reorient/resample with this block's own settings."
     def __init__(self, blocks=None, dl_type=None, getters=None, n_inp=None, item_tfms=None, batch_tfms=None,
@@ -108,6 +119,11 @@ class MedDataBlock(DataBlock):
         if has_mask: item_tfms = [CheckPairAlignment()] + item_tfms
         super().__init__(blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=item_tfms,
                          batch_tfms=batch_tfms, **kwargs)
+
+    def datasets(self, source, verbose: bool = False):
+        "fastai's `datasets`, after checking that a DataFrame `source` has rows and the columns the getters read."
+        if self.get_items is None: _check_source(source, self.getters)
+        return super().datasets(source, verbose=verbose)
 
 # %% ../nbs/04_data.ipynb #7bb91bcd
 class MedImageDataLoaders(DataLoaders):

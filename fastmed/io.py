@@ -42,6 +42,13 @@ class MedicalInputError(ValueError):
         msg = _worker_message(str(source)) if problem is None else f"'{source}': {problem}"
         super().__init__(' '.join(l.strip() for l in msg.splitlines() if l.strip()))
 
+    def __str__(self):
+        # fastai re-raises an error from a callback event with `args` replaced by "Exception occured in `Cb` when
+        # calling event `before_fit`:\n\t<message>": keep the one-line message (the traceback still shows where)
+        msg = super().__str__()
+        if msg.startswith('Exception occured in `') and ':\n\t' in msg: msg = msg.split(':\n\t', 1)[1]
+        return ' '.join(l.strip() for l in msg.splitlines() if l.strip())
+
 # %% ../nbs/00_io.ipynb #49e0d6b3
 def _existing_file(path) -> Path:
     "Return `path` as a `Path` after checking it is an existing, non-empty file."
@@ -156,6 +163,12 @@ def _nifti_array(data, dtype, name) -> np.ndarray:
     return arr.astype(dtype, copy=False)
 
 # %% ../nbs/00_io.ipynb #ed5143ce
+def _write_failure(path, e:OSError) -> OSError:
+    "`e`, raised while writing the temp file for `path`, as an `OSError` of the same errno that names `path`."
+    if e.errno is None: return OSError(f"'{path}': cannot be written ({' '.join(str(e).split())})")
+    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+
+# %% ../nbs/00_io.ipynb #6b4a94e7
 def write_nifti(
     path, # Target `.nii` or `.nii.gz` file; missing parent folders are created
     data, # `(C, X, Y, Z)` or `(X, Y, Z)` tensor or array; C > 1 is written as a 4D image with channels last
@@ -173,8 +186,9 @@ def write_nifti(
     try:
         nib.save(img, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError): raise _write_failure(path, e) from e
         raise
     return path
 

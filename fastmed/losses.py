@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.modules.loss import _Loss
 from fastcore.foundation import L
 from monai.losses import TverskyLoss
+from .io import MedicalInputError
 
 # %% auto #0
 __all__ = ['CustomLoss', 'TverskyFocalLoss', 'get_class_weights']
@@ -26,6 +27,17 @@ def _uses_sigmoid(loss_func) -> bool:
     return False
 
 # %% ../nbs/05_losses.ipynb #f4a49c2f
+def _check_labels(pred:torch.Tensor, targ:torch.Tensor):
+    "Refuse a label-map target `targ` (B, 1, ...) with labels outside 0..C-1 for a C-channel `pred` (0..1 when C = 1)."
+    if targ.ndim != pred.ndim or targ.shape[1] != 1 or targ.numel() == 0: return
+    n = max(int(pred.shape[1]), 2)
+    lo, hi = (int(v) for v in torch.aminmax(targ))
+    if 0 <= lo and hi < n: return
+    bad = hi if hi >= n else lo
+    raise MedicalInputError('targ', f"mask label {bad} is outside 0..{n - 1}, the labels a model with {pred.shape[1]} output "
+                            "channel(s) can predict: give the model one channel per label (out_channels) or convert the mask")
+
+# %% ../nbs/05_losses.ipynb #74d6d9cd
 class CustomLoss(nn.Module):
     "Wrap a MONAI loss for fastai: plain tensors in, `activation`/`decodes` for `get_preds`, per-item `reduction='none'`."
     def __init__(self,
@@ -49,6 +61,7 @@ class CustomLoss(nn.Module):
         "The wrapped loss on plain tensors with a float target."
         pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor).float()
         if targ.ndim == pred.ndim - 1: targ = targ.unsqueeze(1)
+        _check_labels(pred, targ)
         if not self.per_item: return self.loss_func(pred, targ)
         return torch.stack([self.loss_func(p[None], t[None]).mean() for p, t in zip(pred, targ)])
 

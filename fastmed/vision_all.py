@@ -30,6 +30,7 @@ from .cache import *
 from .patches import *
 from .export import *
 from .external import *
+from .checkpoint import *
 
 # %% ../nbs/09_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]
