@@ -271,15 +271,18 @@ class NormalizeIntensity(_PerItem):
 # %% ../nbs/03_transforms.ipynb #e3a31371
 class BraTSMaskConverter(_PerItem):
     "BraTS labels → consecutive labels 0–3 (fastMONAI; 4 → 3) or, with `regions`, TC/WT/ET channels (MONAI order)."
-    applies_to, __repr__ = MedMask, basic_repr('regions,et_label')
+    applies_to, __repr__ = MedMask, basic_repr('regions,et_label,numbering')
     def __init__(self, regions: bool = False, # 3 binary channels TC, WT, ET instead of one label map
                  et_label: int = 4, # label of enhancing tumour: 4 (BraTS 2012–2022) or 3 (BraTS 2023)
+                 numbering: str = 'brats', # 'brats', or 'decathlon' (MSD Task01: 1 oedema, 2 non-enhancing, 3 enhancing)
                 ):
         super().__init__()
         if et_label not in (3, 4) or isinstance(et_label, bool):
             raise MedicalInputError(f"et_label={et_label!r}: expected 4 (BraTS 2012–2022) or 3 (BraTS 2023)")
         if not isinstance(regions, (bool, np.bool_)): raise MedicalInputError(f"regions={regions!r}: expected True or False")
-        self.regions, self.et_label = bool(regions), et_label
+        if numbering not in ('brats', 'decathlon'): raise MedicalInputError(f"numbering={numbering!r}: expected 'brats' or 'decathlon'")
+        self.regions, self.numbering = bool(regions), numbering
+        self.et_label = 3 if numbering == 'decathlon' else et_label
         self.to_regions = mt.ConvertToMultiChannelBasedOnBratsClasses(et_label=3)
 
     def convert(self, data, source):
@@ -287,8 +290,10 @@ class BraTSMaskConverter(_PerItem):
         found = set(data.unique().tolist())
         if not found <= allowed:
             raise MedicalInputError(source or 'mask', f"BraTSMaskConverter: labels {sorted(found - allowed)} are not "
-                                    f"BraTS labels {sorted(allowed)} (et_label={self.et_label})")
-        labels = torch.tensor([0, 1, 2, 1, 3])[data] if self.et_label == 4 else data  # 3 (2012-13 NET) → 1, 4 → 3
+                                    f"{'BraTS' if self.numbering == 'brats' else 'Decathlon'} labels {sorted(allowed)} "
+                                    f"(et_label={self.et_label})")
+        if self.numbering == 'decathlon': labels = torch.tensor([0, 2, 1, 3])[data]  # oedema 1 ↔ non-enhancing 2
+        else: labels = torch.tensor([0, 1, 2, 1, 3])[data] if self.et_label == 4 else data  # 3 (2012-13 NET) → 1, 4 → 3
         if not self.regions: return labels.long()
         return torch.as_tensor(self.to_regions(labels)).as_subclass(torch.Tensor).long()
 
