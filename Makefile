@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastmed-installed
 
-.PHONY: demo test venv export sync-check nbtest pytest readme docs clean
+.PHONY: demo test venv export sync-check nbtest pytest readme docs clean bench
 
 venv: $(STAMP)
 
@@ -41,6 +41,11 @@ readme: venv
 # Open _site/html/index.html. See docs/build_docs.py.
 docs: venv
 	$(BIN)/python docs/build_docs.py --strict
+
+# Every benchmark, one table of time ratios against baselines (GUIDE.md §5), JSON in bench/results/latest.json.
+# `make bench ARGS=--quick` for the under-3-minutes version.
+bench: venv
+	MPLBACKEND=Agg $(BIN)/python -m bench $(ARGS)
 
 clean:
 	rm -rf _docs _proc .pytest_cache demo_output

@@ -1,6 +1,6 @@
 """Time fastmed's batch augmentation against per-item TorchIO for the same transforms.
 
-    python bench/bench_batch_augment.py [--size 128] [--bs 4] [--device cpu|cuda] [--repeat 3]
+    python bench/bench_batch_augment.py [--size 128] [--bs 4] [--device cpu|cuda] [--repeat 3] [--quick] [--json PATH]
 
 A batch of `bs` images (bs×1×size³ float32, a smooth phantom plus noise, positive) and int64 masks. Times
 (a) per-item TorchIO on the CPU, the fastMONAI way: each item wrapped in a `tio.Subject` (image + label map),
@@ -12,10 +12,18 @@ Every transform is applied to every item on both sides (flips: each axis with pr
 Each side runs in its own subprocess (so imports and peak memory do not mix), warms up once, then runs
 `repeat` times; CUDA is synchronised around each run. Peak memory: the growth of the process's peak RSS
 over the run on the CPU, `torch.cuda.max_memory_allocated` above the batch itself on CUDA.
+Target (GUIDE.md §5, GPU only): ≥20× faster than per-item TorchIO on the CPU for a batch of 128³, i.e. time
+ratio (b)/(a) ≤ 0.05; no target on the CPU. `--device` defaults to cuda when available. `--quick`: 64³, 2 runs.
 """
 import argparse, json, resource, statistics, subprocess, sys, time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import default_threads, machine, row
+
+TARGET_GPU = 0.05
 
 
 def make_batch(bs: int, size: int, seed: int = 0) -> tuple:
@@ -59,6 +67,7 @@ def fastmed_augment():
 
 def time_method(method: str, size: int, bs: int, device: str, repeat: int) -> dict:
     "Run one method (warm-up + `repeat` timed runs) and return its timings and peak memory."
+    torch.set_num_threads(default_threads(torch.get_num_threads()))
     fn = {'torchio': torchio_augment, 'fastmed': fastmed_augment}[method]()  # imports done here, not timed
     dev = torch.device(device if method == 'fastmed' else 'cpu')
     images, masks = make_batch(bs, size)
@@ -87,14 +96,23 @@ def run_child(method: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--size', type=int, default=128, help='spatial size of the cubic volumes')
     ap.add_argument('--bs', type=int, default=4, help='batch size')
-    ap.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='device of the fastmed batch transforms')
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu', choices=['cpu', 'cuda'],
+                    help='device of the fastmed batch transforms')
     ap.add_argument('--repeat', type=int, default=3, help='timed runs of each method (after one warm-up)')
     ap.add_argument('--method', choices=['torchio', 'fastmed'], help=argparse.SUPPRESS)  # child process mode
-    args = ap.parse_args()
+    ap.add_argument('--quick', action='store_true', help='64³ volumes, 2 timed runs')
+    ap.add_argument('--json', type=Path, help='also write the result to this JSON file')
+    args = ap.parse_args(argv)
+    if args.quick: args.size, args.repeat = 64, 2
+    return args
+
+
+def measure(args) -> dict:
+    "Run the benchmark described by `args` (each side in its own process); print the figures, return the rows."
     if args.device == 'cuda' and not torch.cuda.is_available(): sys.exit("--device cuda: no CUDA device available")
     if args.method: return print(json.dumps(time_method(args.method, args.size, args.bs, args.device, args.repeat)))
     print(f"batch {args.bs}×1×{args.size}³ float32 images + int64 masks; flip, affine, gamma, noise on every item")
@@ -103,7 +121,19 @@ def main():
         where = r['gpu'] or f"cpu, {r['threads']} torch threads"
         print(f"{tag:22s} [{where}]: best {r['best']:.3f} s, median {r['median']:.3f} s, peak memory +{r['peak_mb']:.0f} MB")
     print(f"ratio (a)/(b): {a['best'] / b['best']:.1f}x best, {a['median'] / b['median']:.1f}x median")
+    target = TARGET_GPU if args.device == 'cuda' else None
+    rows = [row(f"batch augmentation: fastmed batch tfms ({b['device']}) vs per-item TorchIO (cpu), {args.bs}×{args.size}³",
+                b['median'], a['median'], b['median'] / a['median'], target, b['peak_mb'],
+                note=f"peak memory: growth over the run; TorchIO side +{a['peak_mb']:.0f} MB")]
+    result = {'rows': rows, 'details': dict(vars(args), json=None, torchio=a, fastmed=b, machine=machine())}
+    if args.json: args.json.write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def run(quick: bool) -> dict:
+    "The benchmark with its default (or `--quick`) settings, for `python -m bench`."
+    return measure(parse_args(['--quick'] if quick else []))
 
 
 if __name__ == '__main__':
-    main()
+    measure(parse_args())

@@ -19,7 +19,7 @@ with its spread). Since (b) and (c) end in the very same MONAI call, the ratio i
 fastmed adds (unwrapping the MedImage, checking the arguments) is also measured on its own: 300 calls of each
 way on an 8³ volume with one window and an identity network. Target (GUIDE.md §5): ratio ≤ 1.0×.
 """
-import argparse, json, statistics, time, warnings
+import argparse, json, statistics, sys, time, warnings
 from pathlib import Path
 
 warnings.filterwarnings('ignore', category=FutureWarning)
@@ -28,6 +28,8 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import default_threads, machine, peak_rss_mb, row
 from fastmed.core import MedImage, VolumeGeometry
 from fastmed.patches import SlidingWindow, sliding_window_logits
 from fastmed.synthetic import make_affine
@@ -43,18 +45,23 @@ def make_volume(shape, seed: int = 0) -> torch.Tensor:
     return (2 * torch.exp(-3 * d2) - 0.5 + 0.3 * torch.randn(*shape, generator=g))[None, None]
 
 
-def main():
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--shape', type=int, nargs=3, default=(160, 160, 96), help='spatial shape of the volume')
     ap.add_argument('--roi', type=int, default=64, help='cubic window size (roi_size)')
     ap.add_argument('--sw-batch', type=int, default=4, help='windows per forward pass (sw_batch_size)')
     ap.add_argument('--overlap', type=float, default=0.25, help='overlap of neighbouring windows')
-    ap.add_argument('--threads', type=int, default=2, help='torch.set_num_threads for every side')
+    ap.add_argument('--threads', type=int, default=default_threads(2), help='torch.set_num_threads for every side')
     ap.add_argument('--repeat', type=int, default=7, help='timed rounds (each runs every side once)')
-    ap.add_argument('--quick', action='store_true', help='96×96×64 volume, roi 48, 3 rounds (smoke test)')
+    ap.add_argument('--quick', action='store_true', help='96×96×64 volume, roi 48, 5 rounds')
     ap.add_argument('--json', type=Path, help='also write the figures to this JSON file')
-    args = ap.parse_args()
-    if args.quick: args.shape, args.roi, args.repeat = (96, 96, 64), 48, 3
+    args = ap.parse_args(argv)
+    if args.quick: args.shape, args.roi, args.repeat = (96, 96, 64), 48, 5
+    return args
+
+
+def measure(args) -> dict:
+    "Run the benchmark described by `args`; print the figures and return the result rows and details."
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape, roi = tuple(args.shape), (args.roi,) * 3
@@ -111,12 +118,25 @@ def main():
               f"(target <= {TARGET:.1f}x: {verdict(ratio[k], lo, hi)})")
     print(f"fastmed wrapper overhead per call (identity net, 8³ volume, 300 calls): {overhead_us:+.0f} µs "
           f"({1e6 * per_call['monai']:.0f} µs for MONAI alone), i.e. {overhead_us / 1e4 / med_t['monai']:+.3f}% of (a)")
-    if args.json:
-        args.json.write_text(json.dumps({
-            'shape': shape, 'roi': args.roi, 'sw_batch_size': args.sw_batch, 'overlap': args.overlap,
-            'threads': args.threads, 'repeat': args.repeat, 'times_s': times, 'median_s': med_t,
-            'ratio': ratio, 'wrapper_overhead_us': overhead_us, 'target': TARGET, 'met': all(v <= TARGET for v in ratio.values())}, indent=1))
+    details = {'shape': shape, 'roi': args.roi, 'sw_batch_size': args.sw_batch, 'overlap': args.overlap,
+               'threads': args.threads, 'repeat': args.repeat, 'times_s': times, 'median_s': med_t,
+               'ratio': ratio, 'wrapper_overhead_us': overhead_us, 'target': TARGET, 'machine': machine()}
+    what = f"{'×'.join(map(str, shape))}, roi {args.roi}³"
+    rows = [row(f"sliding-window inference: sliding_window_logits vs MONAI direct ({what})", med_t['fastmed'],
+                med_t['monai'], ratio['fastmed'], TARGET, peak_rss_mb(),
+                spread=(min(ratios['fastmed']), max(ratios['fastmed'])), note=f"wrapper {overhead_us:+.0f} µs/call"),
+            row(f"sliding-window inference: SlidingWindow module vs MONAI direct ({what})", med_t['fastmed_module'],
+                med_t['monai'], ratio['fastmed_module'], TARGET, peak_rss_mb(),
+                spread=(min(ratios['fastmed_module']), max(ratios['fastmed_module'])))]
+    result = {'rows': rows, 'details': details}
+    if args.json: args.json.write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def run(quick: bool) -> dict:
+    "The benchmark with its default (or `--quick`) settings, for `python -m bench`."
+    return measure(parse_args(['--quick'] if quick else []))
 
 
 if __name__ == '__main__':
-    main()
+    measure(parse_args())

@@ -79,9 +79,14 @@ def plot_top_losses(self: RegressionInterpretation,
     return axs
 
 # %% ../nbs/12_interpret.ipynb #d659f8a3
+def _channel_argmax(x: torch.Tensor) -> torch.Tensor:
+    "Index (B,1,...) of the largest channel of `x` (B,C,...), the first one on ties, like `argmax(1, keepdim=True)`."
+    return x.max(1, keepdim=True).indices
+
+# %% ../nbs/12_interpret.ipynb #69e220c6
 def _label_map(pred: torch.Tensor) -> torch.Tensor:
     "Labels (B,1,...) from logits (B,C,...): sigmoid > 0.5 for one channel, argmax otherwise (as the metrics decide)."
-    return (torch.sigmoid(pred) > 0.5).long() if pred.shape[1] == 1 else pred.argmax(1, keepdim=True)
+    return (torch.sigmoid(pred) > 0.5).long() if pred.shape[1] == 1 else _channel_argmax(pred)
 
 # %% ../nbs/12_interpret.ipynb #1dc2f8d2
 _TABLE_COLUMNS = (('dice', 'dice'), ('hd95', 'hd95_mm'), ('assd', 'assd_mm'), ('surface_dice', 'surface_dice'),
@@ -186,7 +191,7 @@ def case(self: SegmentationInterpretation,
     "(image `MedImage`, ground truth, prediction) of case `i`, labels as (X,Y,Z) arrays."
     inps, _, targs, decoded, _ = self[[i]]
     labels = decoded  # the loss's `decodes` (labels), or probabilities when the loss has none
-    if labels.is_floating_point(): labels = (labels > 0.5).long() if labels.shape[1] == 1 else labels.argmax(1, keepdim=True)
+    if labels.is_floating_point(): labels = (labels > 0.5).long() if labels.shape[1] == 1 else _channel_argmax(labels)
     return inps[0], targs[0, 0].numpy(), labels[0, 0].numpy()
 
 # %% ../nbs/12_interpret.ipynb #af184b51
