@@ -18,9 +18,9 @@ from fastcore.basics import patch
 from .io import MedicalInputError, read_volume, write_nifti
 
 # %% auto #0
-__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'to_integer_labels',
-           'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase', 'MedImage', 'MedMask',
-           'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
+__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
+           'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase', 'MedImage',
+           'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
 
 # %% ../nbs/01_core.ipynb #55f4922b
 def _frozen_array(a) -> np.ndarray:
@@ -95,6 +95,13 @@ def resolve_preprocessing(reorder=None, resample=None, apply_reorder=None, targe
         if meaning[old] is not None and meaning[new] is not None and meaning[old] != meaning[new]:
             raise MedicalInputError(f"{old}={given[old]!r} and {new}={given[new]!r} disagree: give one of them")
     return bool(apply_reorder if apply_reorder is not None else reorder), new_spacing or old_spacing
+
+# %% ../nbs/01_core.ipynb #b5350639
+def argmax_channels(x: torch.Tensor, # scores or probabilities
+                    dim: int = 1, # channel axis
+                   ) -> torch.Tensor:
+    "Index of the largest channel along `dim` (kept as size 1), the first one on ties — `argmax`, faster on CPU."
+    return x.max(dim, keepdim=True).indices
 
 # %% ../nbs/01_core.ipynb #4e9b4a8e
 def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> torch.Tensor:

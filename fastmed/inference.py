@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from .io import MedicalInputError
-from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing
+from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels
 from fastai.learner import Learner
 from .data import MedReader
 from .transforms import _size3
@@ -96,7 +96,7 @@ def _forward_probabilities(predictor, batch: torch.Tensor, flips=((),)) -> torch
 def decode_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     "Labels (1,X,Y,Z) from probabilities (C,X,Y,Z): threshold for one channel, argmax otherwise."
     if probs.shape[0] == 1: return (probs > threshold).long()
-    return probs.argmax(0, keepdim=True).long()
+    return argmax_channels(probs, 0).long()
 
 # %% ../nbs/07_inference.ipynb #ca3fee16
 def native_probabilities(predictor, # a predictor (see `LearnerPredictor`) or a model from `load_model`

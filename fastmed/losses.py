@@ -14,6 +14,7 @@ from torch.nn.modules.loss import _Loss
 from fastcore.foundation import L
 from monai.losses import TverskyLoss
 from .io import MedicalInputError
+from .core import argmax_channels
 
 # %% auto #0
 __all__ = ['CustomLoss', 'TverskyFocalLoss', 'get_class_weights']
@@ -73,7 +74,7 @@ class CustomLoss(nn.Module):
     def decodes(self, x:torch.Tensor) -> torch.Tensor:
         "Label mask (B, 1, ...) from probabilities: threshold 0.5 for one channel, else argmax over channels."
         if isinstance(x, (list, tuple, L)): return L(self.decodes(o[None])[0] for o in x)
-        return (x > 0.5).long() if x.shape[1] == 1 else x.argmax(dim=1, keepdim=True)
+        return (x > 0.5).long() if x.shape[1] == 1 else argmax_channels(x)
 
 # %% ../nbs/05_losses.ipynb #0db8e389
 class TverskyFocalLoss(_Loss):

@@ -19,7 +19,7 @@ from fastai.torch_core import find_bs
 from monai.metrics import (compute_dice, compute_hausdorff_distance, compute_average_surface_distance,
                            compute_surface_dice)
 from .io import MedicalInputError
-from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels
+from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels
 
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
@@ -38,7 +38,7 @@ def _binary_pred(
     "Foreground mask from binary logits: sigmoid > 0.5 for one channel, argmax for two."
     pred = _plain(pred)
     if pred.shape[1] == 1: return (torch.sigmoid(pred) > 0.5).long()
-    if pred.shape[1] == 2: return pred.argmax(1, keepdim=True)
+    if pred.shape[1] == 2: return argmax_channels(pred)
     raise MedicalInputError('pred', f"a binary metric needs 1 or 2 channels, got shape {tuple(pred.shape)}")
 
 def _onehot_fg(
@@ -64,7 +64,7 @@ def _multi_masks(pred:torch.Tensor, targ:torch.Tensor) -> tuple:
     _check_shapes(pred, targ)
     n = pred.shape[1]
     if n < 2: raise MedicalInputError('pred', f"a multi-class metric needs C >= 2 channels, got shape {tuple(pred.shape)}")
-    return _onehot_fg(_plain(pred).argmax(1, keepdim=True), n), _onehot_fg(_plain(targ).long(), n)
+    return _onehot_fg(argmax_channels(_plain(pred)), n), _onehot_fg(_plain(targ).long(), n)
 
 # %% ../nbs/06_metrics.ipynb #d009d007
 def binary_dice_score(
@@ -289,7 +289,7 @@ def _class_masks(
     if n_classes is not None and n_classes != max(c, 2):
         raise MedicalInputError('n_classes', f"{n_classes} classes expected, but pred has {c} channels (shape {tuple(pred.shape)})")
     if c <= 2: lbl, t = _binary_pred(pred), (_plain(targ) > 0).long()
-    else: lbl, t = _plain(pred).argmax(1, keepdim=True), _plain(targ).long()
+    else: lbl, t = argmax_channels(_plain(pred)), _plain(targ).long()
     classes = range(0 if include_background else 1, max(c, 2))
     return torch.cat([lbl == k for k in classes], 1), torch.cat([t == k for k in classes], 1)
 
