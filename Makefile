@@ -25,7 +25,7 @@ sync-check: export
 	@test -z "$$(git status --porcelain --untracked-files=all -- fastmed)" || (git status --short -- fastmed; echo "untracked files in fastmed/: commit them" && exit 1)
 
 nbtest: venv
-	MPLBACKEND=Agg $(BIN)/nbdev-test --n-workers 2 --timing
+	MPLBACKEND=Agg OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: venv
 	MPLBACKEND=Agg $(BIN)/pytest tests -q

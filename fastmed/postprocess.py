@@ -34,7 +34,6 @@ def _as_labels(mask, name:str='mask') -> np.ndarray:
         raise MedicalInputError(name, f"shape {shape}: expected (X, Y, Z) or (1, X, Y, Z)")
     if arr.dtype.kind not in 'biuf': raise MedicalInputError(name, f"dtype {arr.dtype}: expected integer labels")
     labels = to_integer_labels(torch.from_numpy(np.ascontiguousarray(arr)), name).numpy().reshape(shape[-3:])
-    if labels.min(initial=0) < 0: raise MedicalInputError(name, f"has negative labels (min {labels.min()}); labels must be >= 0")
     return labels
 
 # %% ../nbs/13_postprocess.ipynb #d10fa9d5
