@@ -18,8 +18,9 @@ is rendered without outputs, with a note saying so. Everything is written under 
 _site/src (MkDocs' docs_dir), _site/html (the site), _site/cache, _site/screenshots (the browser test).
 """
 from __future__ import annotations
-import argparse, ast, hashlib, inspect, json, os, re, shutil, signal, subprocess, sys, tempfile, time
+import argparse, ast, hashlib, inspect, json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
+from fastmed.io import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 NBS, LIB, SITE = ROOT/'nbs', ROOT/'fastmed', ROOT/'_site'
@@ -35,11 +36,8 @@ NOT_RUN = ("> **Outputs not shown.** This page was built without running the not
 def read_nb(path: Path) -> dict: return json.loads(Path(path).read_text(encoding='utf-8'))
 
 def write_atomic(path: Path, text: str):
-    "Write `text` to `path` through a temp file in the same folder."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
-    with os.fdopen(fd, 'w', encoding='utf-8') as f: f.write(text)
-    os.replace(tmp, path)
+    "Write `text` to `path` atomically."
+    with atomic_write(path) as tmp: Path(tmp).write_text(text, encoding='utf-8')
 
 def cell_source(cell) -> str:
     src = cell.get('source', '')

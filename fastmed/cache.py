@@ -6,13 +6,13 @@ Docs: https://fastmed.github.io/fastmed/cache.html.md"""
 
 # %% ../nbs/15_cache.ipynb #7bb70530
 from __future__ import annotations
-import hashlib, json, os, re, secrets
+import hashlib, json, os, re
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from fastcore.parallel import parallel
-from .io import MedicalInputError, write_nifti
+from .io import MedicalInputError, write_nifti, atomic_write
 from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, resolve_preprocessing
 from .dataset import _reason
 
@@ -65,16 +65,9 @@ def _sidecar_path(path) -> Path:
 
 # %% ../nbs/15_cache.ipynb #1e0e6f0c
 def _write_json(path, record: dict) -> Path:
-    "Write `record` as JSON to `path` atomically (temp file in the same folder, then `os.replace`)."
-    path = Path(path)
-    tmp = path.parent/f'.{path.name}.{secrets.token_hex(6)}.tmp'
-    try:
-        with open(tmp, 'w') as f: json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    "Write `record` as JSON to `path` atomically."
+    with atomic_write(path) as tmp, open(tmp, 'w') as f: json.dump(record, f, indent=1)
+    return Path(path)
 
 # %% ../nbs/15_cache.ipynb #634cce68
 def _geometry_record(geometry: VolumeGeometry) -> dict:

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
-from .io import MedicalInputError, _write_failure
+from .io import MedicalInputError, atomic_write
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback']
@@ -79,13 +79,7 @@ def save_checkpoint(learn, # the `Learner` being trained
             'model': _split_tensors(model.state_dict(), tensors, 'model'),
             'opt': _split_tensors(learn.opt.state_dict(), tensors, 'opt') if learn.opt is not None else None,
             'rng': _split_tensors(_rng_state(learn), tensors, 'rng')}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'); os.close(fd)
-    try: save_file(tensors, tmp, metadata={'fastmed_checkpoint': json.dumps(meta)}); os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError): raise _write_failure(path, e) from e
-        raise
+    with atomic_write(path) as tmp: save_file(tensors, tmp, metadata={'fastmed_checkpoint': json.dumps(meta)})
     return path
 
 # %% ../nbs/20_checkpoint.ipynb #79b41057

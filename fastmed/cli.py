@@ -10,7 +10,7 @@ import argparse, os, sys, tempfile
 from pathlib import Path
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .io import MedicalInputError, _write_failure
+from .io import MedicalInputError, atomic_write
 from .core import save_medical
 from .dataset import MedDataset, _image_name
 from .inference import predict_volume, _pred_name
@@ -46,13 +46,7 @@ def predict_one(model, source, out_dir: Path, tta: bool = False, keep_largest: b
 # %% ../nbs/18_cli.ipynb #c5267653
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     "Write `df` to `path` atomically."
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try: df.to_csv(tmp, index=False); os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError): raise _write_failure(path, e) from e
-        raise
+    with atomic_write(path) as tmp: df.to_csv(tmp, index=False)
     return path
 
 def _check_writable(out_dir: Path):

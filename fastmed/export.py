@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_model as _save_safetensors, load_model as _load_safetensors
 from fasttransform import Pipeline
 import fastmed
-from .io import MedicalInputError, _write_failure
+from .io import MedicalInputError, atomic_write
 from .core import MedImage, MedMask, normalize_spacing
 from . import transforms as fmt
 from .inference import LearnerPredictor, _image_reader, predict_volume, load_variables
@@ -186,18 +186,6 @@ def model_contract(learn, # a trained `Learner`
 def _device(model): return next(model.parameters()).device
 
 # %% ../nbs/17_export.ipynb #05c31b59
-def _write_temp(path: Path, write) -> Path:
-    "Call `write(tmp)` for a temporary file next to `path` and return `tmp` (removed again if `write` fails)."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try: write(tmp)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError): raise _write_failure(path, e) from e
-        raise
-    return Path(tmp)
-
 def _sha256(path) -> str:
     with open(path, 'rb') as f: return hashlib.sha256(f.read()).hexdigest()
 
@@ -234,12 +222,10 @@ def save_model(learn, # a trained `Learner`
     finally: learn.model.to(device)
     weights, contract_path = _model_paths(path)
     network = getattr(learn.model, 'module', learn.model)
-    tmp_weights = _write_temp(weights, lambda tmp: _save_safetensors(network, tmp))
-    try:
+    with atomic_write(weights) as tmp_weights, atomic_write(contract_path) as tmp_contract:
+        _save_safetensors(network, tmp_weights)
         contract['weights'] = {'file': weights.name, 'sha256': _sha256(tmp_weights)}
-        tmp_contract = _write_temp(contract_path, lambda tmp: Path(tmp).write_text(json.dumps(contract, indent=1)))
-    except BaseException: tmp_weights.unlink(missing_ok=True); raise
-    os.replace(tmp_weights, weights); os.replace(tmp_contract, contract_path)
+        Path(tmp_contract).write_text(json.dumps(contract, indent=1))
     return contract_path
 
 # %% ../nbs/17_export.ipynb #ec35fd9a

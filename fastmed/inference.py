@@ -10,7 +10,7 @@ import json, os, tempfile
 from pathlib import Path
 import numpy as np
 import torch
-from .io import MedicalInputError
+from .io import MedicalInputError, atomic_write
 from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels
 from fastai.learner import Learner
 from .data import MedReader
@@ -172,15 +172,9 @@ def _jsonable(o):
 # %% ../nbs/07_inference.ipynb #18bdcc43
 def store_variables(pkl_fn, size, reorder, resample) -> Path:
     "Write `size`, `reorder`, `resample` to `pkl_fn` as JSON (atomically), whatever its suffix."
-    path = Path(pkl_fn); path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps({'size': _jsonable(size), 'reorder': bool(reorder), 'resample': _jsonable(resample)})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f: f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
-    return path
+    with atomic_write(pkl_fn) as tmp: Path(tmp).write_text(payload)
+    return Path(pkl_fn)
 
 # %% ../nbs/07_inference.ipynb #06200480
 def load_variables(pkl_fn) -> tuple:

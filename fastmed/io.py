@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import re
+from contextlib import contextmanager
 import zlib
 import gzip
 from pathlib import Path
@@ -23,7 +25,8 @@ from pydicom.errors import InvalidDicomError
 from torchio.data.io import get_ras_affine_from_sitk
 
 # %% auto #0
-__all__ = ['MedicalInputError', 'read_nifti', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_channels', 'read_volume']
+__all__ = ['MedicalInputError', 'read_nifti', 'atomic_write', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_channels',
+           'read_volume']
 
 # %% ../nbs/00_io.ipynb #fe4669f5
 def _worker_message(msg:str) -> str:
@@ -165,31 +168,53 @@ def _nifti_array(data, dtype, name) -> np.ndarray:
 # %% ../nbs/00_io.ipynb #ed5143ce
 def _write_failure(path, e:OSError) -> OSError:
     "`e`, raised while writing the temp file for `path`, as an `OSError` of the same errno that names `path`."
-    if e.errno is None: return OSError(f"'{path}': cannot be written ({' '.join(str(e).split())})")
-    return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    if e.errno is None: err = OSError(f"'{path}': cannot be written ({' '.join(str(e).split())})")
+    else: err = OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    err.target = str(path)  # marks it as already naming its target
+    return err
 
 # %% ../nbs/00_io.ipynb #6b4a94e7
+def _new_file_mode() -> int:
+    "The mode `open(path, 'w')` gives a new file: 0o666 less the process umask."
+    try: umask = int(re.search(r'^Umask:\s*([0-7]+)', Path('/proc/self/status').read_text(), re.M).group(1), 8)
+    except (OSError, AttributeError): umask = os.umask(0o022); os.umask(umask)
+    return 0o666 & ~umask
+
+# %% ../nbs/00_io.ipynb #44c218f7
+@contextmanager
+def atomic_write(path, # the file to write; missing parent folders are created
+                 suffix:str='', # ending of the temp name, for writers that choose a format from it (e.g. '.nii.gz')
+                ):
+    "Yield a temp path beside `path`; move it onto `path` if the block succeeds, delete it if the block fails."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent/f'.{path.name}.{secrets.token_hex(6)}.tmp{suffix}'
+    try:
+        yield tmp
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        # an error that already names another file (an inner `atomic_write`, a source being read) is passed on as it is
+        if isinstance(e, OSError) and not hasattr(e, 'target') and str(e.filename) in ('None', str(tmp)):
+            raise _write_failure(path, e) from e
+        raise
+
+# %% ../nbs/00_io.ipynb #cea4a50c
 def write_nifti(
     path, # Target `.nii` or `.nii.gz` file; missing parent folders are created
     data, # `(C, X, Y, Z)` or `(X, Y, Z)` tensor or array; C > 1 is written as a 4D image with channels last
     affine, # `(4, 4)` voxel→RAS+ mm affine
     dtype=None, # On-disk dtype: float32 unless given (e.g. `np.uint8` for label masks)
 ) -> Path: # The written path
-    "Write `data` as NIfTI atomically: a temp file in the same folder, then `os.replace`."
+    "Write `data` as NIfTI atomically (see `atomic_write`)."
     path = Path(path)
     suffix = next((s for s in ('.nii.gz', '.nii') if path.name.lower().endswith(s)), None)
     if suffix is None: raise MedicalInputError(path, "has an unknown suffix for write_nifti, expected .nii or .nii.gz")
     img = nib.Nifti1Image(_nifti_array(data, dtype, path), _check_affine(affine, path))
     img.header.set_xyzt_units('mm')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent/f'.{path.name}.{secrets.token_hex(6)}.tmp{suffix}'
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError): raise _write_failure(path, e) from e
-        raise
+    # nibabel picks compression from the name, so the temp name keeps the `.nii`/`.nii.gz` ending
+    with atomic_write(path, suffix) as tmp: nib.save(img, tmp)
     return path
 
 # %% ../nbs/00_io.ipynb #8eb6d105

@@ -19,6 +19,8 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
+from .io import atomic_write
+
 # %% ../nbs/02_synthetic.ipynb #0a35ef56
 def make_affine(spacing=(1., 1., 1.), # voxel size in mm along the three voxel axes
                 orientation='RAS',    # 'RAS', 'LPS', 'LAS' or 'oblique' (RAS rotated about z, then x)
@@ -56,35 +58,18 @@ def _ellipsoid_dist(coords, centre, radii, rot=None):
 # %% ../nbs/02_synthetic.ipynb #6eae5c3f
 def _save_nifti(arr, affine, fname):
     "Atomically write `arr` with `affine` (qform = sform, code 1, mm) to `fname`."
-    fname = Path(fname)
-    fname.parent.mkdir(parents=True, exist_ok=True)
     img = nib.Nifti1Image(arr, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units('mm')
-    fd, tmp_name = tempfile.mkstemp(prefix='.tmp_', suffix='.nii.gz', dir=fname.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp_name)
-        os.replace(tmp_name, fname)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return fname
+    with atomic_write(fname, '.nii.gz') as tmp: nib.save(img, tmp)
+    return Path(fname)
 
 # %% ../nbs/02_synthetic.ipynb #cac9cada
 def _save_csv(df, fname):
     "Atomically write `df` (no index) to `fname`."
-    fname = Path(fname)
-    fd, tmp_name = tempfile.mkstemp(prefix='.tmp_', suffix='.csv', dir=fname.parent)
-    os.close(fd)
-    try:
-        df.to_csv(tmp_name, index=False)
-        os.replace(tmp_name, fname)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return fname
+    with atomic_write(fname) as tmp: df.to_csv(tmp, index=False)
+    return Path(fname)
 
 # %% ../nbs/02_synthetic.ipynb #35ec17fb
 def make_segmentation_pair(shape,     # 3D voxel shape of the grid
