@@ -324,6 +324,7 @@ class Case:
     culprit: str  # file or argument the message must name
     problem: str  # fragment stating what is wrong
     error: type = MedicalInputError  # for stage 'cli': the exit status instead
+    outputs: tuple = ()  # paths (relative to the case's folder) the call was asked to write; nothing else may change
 
 
 CATALOGUE = [
@@ -409,10 +410,26 @@ def _one_line(msg):
     return msg.strip()
 
 
+def file_states(folder) -> dict:
+    "Every file under `folder` (links not followed) with its bytes: what a bad input must leave as it was."
+    return {p: (p.read_bytes() if p.is_file() and not p.is_symlink() else str(p.readlink()) if p.is_symlink() else None)
+            for p in Path(folder).rglob('*') if not p.is_dir() or p.is_symlink()}
+
+
+def assert_user_files_kept(folder, before: dict, outputs=()):
+    "No file of `before` was modified or deleted, except under `outputs` (the paths the user named for writing)."
+    outputs = [Path(folder) / o for o in outputs]
+    kept = {p: v for p, v in before.items() if not any(p == o or o in p.parents for o in outputs)}
+    now = file_states(folder)
+    lost = [str(p) for p, v in kept.items() if p not in now or now[p] != v]
+    assert not lost, f"user files modified or deleted: {lost}"
+
+
 @pytest.mark.parametrize('case', CATALOGUE, ids=[f'{c.stage}-{c.id}' for c in CATALOGUE])
 def test_bad_input(tmp_path, models, case):
     built = case.build(tmp_path, models)
     call, check = built if isinstance(built, tuple) else (built, None)
+    before = file_states(tmp_path)
     if case.stage == 'cli':
         status, out, err = call()
         assert status == case.error, (status, out, err)
@@ -423,6 +440,7 @@ def test_bad_input(tmp_path, models, case):
         msg = _one_line(str(info.value))
     assert case.culprit in msg, f"{case.culprit!r} not named in {msg!r}"
     assert case.problem in msg.replace(str(tmp_path), '<tmp>'), f"{case.problem!r} not in {msg!r}"
+    assert_user_files_kept(tmp_path, before, case.outputs)
     if check is not None: check()
 
 
