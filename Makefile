@@ -42,7 +42,7 @@ readme: venv
 docs: venv
 	$(BIN)/python docs/build_docs.py --strict
 
-# Every benchmark, one table of time ratios against baselines (GUIDE.md §5), JSON in bench/results/latest.json.
+# Every benchmark, one table of time ratios against baselines (bench/README.md), JSON in bench/results/latest.json.
 # `make bench ARGS=--quick` for the under-3-minutes version.
 bench: venv
 	MPLBACKEND=Agg $(BIN)/python -m bench $(ARGS)

@@ -5,7 +5,7 @@
 Each benchmark (bench/bench_*.py, also runnable on its own with more options) runs in its own Python process, so
 imports, threads and peak memory do not mix; inside it, both sides are measured in the same run, in interleaved
 rounds. The table gives, per row: the fastmed and baseline times (medians over the rounds, seconds), their ratio
-fastmed / baseline (median of the per-round ratios: lower is better), the target on that ratio from GUIDE.md §5
+fastmed / baseline (median of the per-round ratios: lower is better), the target on that ratio from bench/README.md
 (or on fastmed's seconds, marked `s`), whether it is met (`noise`: the median misses it but the per-round
 ratios straddle it, so the miss is within this run's noise), and the peak memory (the benchmark process's peak RSS
 with its children on the CPU, which covers both sides; `torch.cuda.max_memory_allocated` of fastmed's side on a

@@ -12,7 +12,7 @@ Every transform is applied to every item on both sides (flips: each axis with pr
 Each side runs in its own subprocess (so imports and peak memory do not mix), warms up once, then runs
 `repeat` times; CUDA is synchronised around each run. Peak memory: the growth of the process's peak RSS
 over the run on the CPU, `torch.cuda.max_memory_allocated` above the batch itself on CUDA.
-Target (GUIDE.md §5, GPU only): ≥20× faster than per-item TorchIO on the CPU for a batch of 128³, i.e. time
+Target (bench/README.md, GPU only): ≥20× faster than per-item TorchIO on the CPU for a batch of 128³, i.e. time
 ratio (b)/(a) ≤ 0.05; no target on the CPU. `--device` defaults to cuda when available. `--quick`: 64³, 2 runs.
 """
 import argparse, json, resource, statistics, subprocess, sys, time

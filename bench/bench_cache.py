@@ -15,7 +15,7 @@ second, no-op call are printed but not part of the ratio), then the block reads 
 The first epoch of each side is checked to give the same batches (images within 1e-5, identical masks).
 Each side runs `repeat` timed epochs, alternating; the ratio is of the best epochs (median also printed).
 The files were just written, so both sides read from the page cache: this measures decompression and
-preprocessing, not disk latency. Target (GUIDE.md §5): cached epoch ≥3× faster, i.e. time ratio (b)/(a) ≤ 1/3.
+preprocessing, not disk latency. Target (bench/README.md): cached epoch ≥3× faster, i.e. time ratio (b)/(a) ≤ 1/3.
 """
 import argparse, json, os, shutil, statistics, sys, tempfile, time, warnings
 from pathlib import Path

@@ -20,7 +20,7 @@ The two masks are checked to agree (same shape and affine, ≥ 99.9 % equal voxe
 then `repeat` rounds run each once in alternating order; the figures are medians, the ratio fastmed / baseline
 is the median of the per-round ratios. The fastmed stage breakdown (read, preprocess, forward, map back, write)
 calls fastmed's stage functions one after another in `repeat` further rounds. `--profile N` prints the top N
-functions (by own time) of cProfile over one call of each side. Target (GUIDE.md §5): whole-volume inference
+functions (by own time) of cProfile over one call of each side. Target (bench/README.md): whole-volume inference
 to native space ≤ 0.4 s per 192×192×120 volume on the CPU here. The source file was just written, so it is
 read from the page cache. Other processes on this machine inflate and scatter the absolute times; the
 interleaved ratio is the robust figure.

@@ -7,7 +7,7 @@ then times (a) `MedDataset(folder, max_workers=workers)` and (b) a sequential lo
 `np.asarray(nib.load(p).dataobj)` over the same files, `repeat` times each (alternating), and prints the best
 and median time of each and the ratio of the best times. The files were just written, so both run from the
 page cache: this measures parsing/decompression, not disk or network latency (which would favour the scan more).
-Target (GUIDE.md §5): the scan ≥10× faster than reading the voxels, i.e. time ratio (a)/(b) ≤ 0.1.
+Target (bench/README.md): the scan ≥10× faster than reading the voxels, i.e. time ratio (a)/(b) ≤ 0.1.
 `--quick`: 150 files.
 """
 import argparse, json, os, shutil, statistics, sys, tempfile, time

@@ -17,7 +17,7 @@ way once, in a rotating order (so drift in machine load hits all alike), with `t
 for all. The figures are medians over the rounds; the ratio is fastmed / MONAI (median of the per-round ratios,
 with its spread). Since (b) and (c) end in the very same MONAI call, the ratio is 1 up to noise; the cost
 fastmed adds (unwrapping the MedImage, checking the arguments) is also measured on its own: 300 calls of each
-way on an 8³ volume with one window and an identity network. Target (GUIDE.md §5): ratio ≤ 1.0×.
+way on an 8³ volume with one window and an identity network. Target (bench/README.md): ratio ≤ 1.0×.
 """
 import argparse, json, statistics, sys, time, warnings
 from pathlib import Path

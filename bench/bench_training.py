@@ -21,7 +21,7 @@ bench/__main__.py for why one thread on a shared 2-core machine):
     item_tfms=[ZNormalization(), RandomFlip(axes=(0, 1, 2))])` reading the NIfTI files in every epoch,
     `dataloaders(df, bs, num_workers=workers)`, the same Learner and `learn.fit(1)`.
 Each side warms up with one epoch, then `rounds` rounds run one epoch of each side in a rotating order; the
-ratios are medians of the per-round ratios (b)/(a) (compute overhead, target ≤ 1.05×, GUIDE.md §5) and
+ratios are medians of the per-round ratios (b)/(a) (compute overhead, target ≤ 1.05×, bench/README.md) and
 (c)/(a) (full epoch with data loading, target ≤ 1.3×). `--profile N` prints cProfile's top N functions (own
 time) over one epoch of (b) and of (c).
 """
