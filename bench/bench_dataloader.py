@@ -13,7 +13,7 @@ only), batch `bs` items with `workers` worker processes and iterate every traini
 (b) fastmed: `MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), ..., item_tfms=[ZNormalization(),
     RandomFlip(axes=(0, 1, 2))]).dataloaders(df, bs, num_workers=workers)` (geometry kept on every item).
 One warm-up epoch each, then `rounds` rounds of one epoch of each side, alternating; the ratio (b)/(a) is the
-median of the per-round ratios. No target in bench/README.md; we hold it to ≤ 1.1× (the wrapper should cost little).
+median of the per-round ratios. Target (bench/README.md): ≤ 1.1× (the wrapper should cost little).
 """
 import argparse, json, shutil, statistics, sys, tempfile, time, warnings
 from pathlib import Path
