@@ -1,4 +1,4 @@
-"""Downloaders for the public datasets the tutorials use (MedMNIST 3D, IXI, the Medical Segmentation Decathlon), checked, resumable and safely extracted, and the switch that runs the tutorials offline on synthetic stand-ins.
+"""Downloaders for the public datasets the tutorials use (MedMNIST 3D, IXI, the Medical Segmentation Decathlon): checked, resumable, safely extracted, or taken from a copy already on disk; the data folder; and the switch that runs the tutorials offline on synthetic stand-ins.
 
 Docs: https://fastmed.github.io/fastmed/external.html.md"""
 
@@ -473,8 +473,8 @@ def _extracted_copy(folder:Path, names:tuple, layout) -> Path|None:
 
 def _local_extracted(res:Resource, dest:Path, subdir, layout, local) -> Path|None:
     "The extracted data set `local` or `dest` already hold (`local` may instead be an archive: then None)."
-    if local is not None and Path(local).is_dir() and not (Path(local)/res.filename).is_file():
-        if found := _extracted_copy(Path(local).expanduser(), (subdir, dest.name), layout): return found
+    if local is not None and local.is_dir() and not (local/res.filename).is_file():
+        if found := _extracted_copy(local, (subdir, dest.name), layout): return found
         raise MedicalInputError(f"local={str(local)!r}: holds neither {res.filename} nor an extracted copy of it")
     if local is None and dest.is_dir() and not is_extracted(dest) and any(dest.iterdir()):
         if layout(dest): return dest
@@ -484,6 +484,7 @@ def _local_extracted(res:Resource, dest:Path, subdir, layout, local) -> Path|Non
 def _fetch_extracted(res:Resource, dest:Path, subdir, layout, local=None, progress=True, timeout=30., keep_archive=False) -> Path:
     "The extracted data set: from `local` or a copy at `dest`, else `res` (found or downloaded next to `dest`) extracted into `dest`."
     if is_extracted(dest): return dest
+    local = None if local is None else Path(local).expanduser()
     if found := _local_extracted(res, dest, subdir, layout, local): return found
     if local is not None: return safe_extract(_use_local(res, _local_path(res, local)), dest, subdir=subdir)
     downloading = not (dest.parent/res.filename).exists()
