@@ -1,4 +1,4 @@
-"""Downloaders for the public datasets the tutorials use (MedMNIST 3D, IXI, the Medical Segmentation Decathlon), checked, resumable and safely extracted, and the switch that runs the tutorials offline on synthetic stand-ins.
+"""Downloaders for the public datasets the tutorials use (MedMNIST 3D, IXI, the Medical Segmentation Decathlon): checked, resumable, safely extracted, or taken from a copy already on disk; the data folder; and the switch that runs the tutorials offline on synthetic stand-ins.
 
 Docs: https://fastmed.github.io/fastmed/external.html.md"""
 
@@ -15,6 +15,7 @@ import hashlib
 import tarfile
 import zipfile
 import tempfile
+import zlib
 import http.client
 import urllib.error
 import urllib.request
@@ -23,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,11 +32,13 @@ from fastprogress.fastprogress import progress_bar
 
 from .io import MedicalInputError, write_nifti
 from .synthetic import _save_csv
+from .dataset import _image_name
 
 # %% auto #0
-__all__ = ['MEDMNIST3D_STUDIES', 'MSD_TASKS', 'RESOURCES', 'offline_mode', 'Resource', 'file_digest', 'mirror_registry',
-           'download_url', 'is_extracted', 'safe_extract', 'fetch_resource', 'download_medmnist3d_dataset',
-           'download_NoduleMNIST3D', 'download_ixi_tiny', 'download_ixi_data', 'download_decathlon_task']
+__all__ = ['MEDMNIST3D_STUDIES', 'MSD_TASKS', 'RESOURCES', 'offline_mode', 'data_folder', 'Resource', 'file_digest',
+           'mirror_registry', 'download_url', 'is_extracted', 'safe_extract', 'fetch_resource',
+           'download_medmnist3d_dataset', 'download_NoduleMNIST3D', 'download_ixi_tiny', 'download_ixi_data',
+           'decathlon_tables', 'download_decathlon_task']
 
 # %% ../nbs/19_external.ipynb #841246ca
 def offline_mode() -> bool:
@@ -43,6 +47,17 @@ def offline_mode() -> bool:
     if flag in ('1', 'true', 'yes'): return True
     if flag in ('0', 'false', 'no'): return False
     return bool(os.environ.get('IN_TEST'))
+
+# %% ../nbs/19_external.ipynb #b35e2a65
+def data_folder(path=None,          # Folder named by the caller; wins over the environment
+                default='../data',  # Folder used when neither `path` nor `FASTMED_DATA` names one
+               ) -> Path:           # The data folder (it need not exist yet)
+    "The data folder: `path` if given, else the environment variable `FASTMED_DATA`, else `default`."
+    env = os.environ.get('FASTMED_DATA', '').strip()
+    name, source = (path, 'path') if path is not None else (env, 'FASTMED_DATA') if env else (default, 'default')
+    folder = Path(name).expanduser()
+    if folder.exists() and not folder.is_dir(): raise MedicalInputError(f"{source}={str(name)!r}: is a file, not a data folder")
+    return folder
 
 # %% ../nbs/19_external.ipynb #a97d834b
 @dataclass(frozen=True)
@@ -117,6 +132,18 @@ def mirror_registry(base_url:str,                       # Server (and folder) ho
         return replace(r, md5=file_digest(copy), sha256=None, size=copy.stat().st_size, note=f'checksums from {copy}')
     return MappingProxyType({k: _moved(r) for k, r in registry.items()})
 
+# %% ../nbs/19_external.ipynb #058662ed
+def _expected(md5=None, sha256=None, size=None) -> tuple:
+    "(md5, sha256, size) checked before any download: hex digests lower-cased, or a one-line error naming the argument."
+    digests = []
+    for name, value, digits in (('md5', md5, 32), ('sha256', sha256, 64)):
+        if value is not None and not (isinstance(value, str) and re.fullmatch(f'[0-9a-fA-F]{{{digits}}}', value.strip())):
+            raise MedicalInputError(f"{name}={value!r}: expected {digits} hex digits")
+        digests.append(None if value is None else value.strip().lower())
+    if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0):
+        raise MedicalInputError(f"size={size!r}: expected a number of bytes (an int >= 0)")
+    return (*digests, size)
+
 # %% ../nbs/19_external.ipynb #60f4f129
 def _mismatch(path:Path, md5=None, sha256=None, size=None) -> str|None:
     "Why the file `path` differs from the expected size/checksums, or None if it matches."
@@ -137,7 +164,7 @@ def _open(url:str, start:int, timeout:float):
     except (urllib.error.URLError, OSError) as e:
         why = getattr(e, 'reason', e)
         raise MedicalInputError(url, f"cannot be reached ({why}); check the internet connection, or download the "
-                                     "file elsewhere and pass a mirror_registry") from None
+                                     "file elsewhere and pass it as local=") from None
     except ValueError as e: raise MedicalInputError(url, f"is not a usable URL ({e})") from None
 
 # %% ../nbs/19_external.ipynb #6c3ca77a
@@ -199,6 +226,7 @@ def download_url(url:str,            # http(s) URL of the file
                  retries:int=5,      # Resumes attempted after a broken transfer
                 ) -> Path:           # `dest`
     "Download `url` to `dest`: resumable `.part` file, checksum-verified, atomic rename; no network if `dest` already matches."
+    md5, sha256, size = _expected(md5, sha256, size)
     dest = Path(dest)
     if dest.is_file() and _mismatch(dest, md5, sha256, size) is None: return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -214,34 +242,102 @@ def download_url(url:str,            # http(s) URL of the file
     part.unlink(missing_ok=True)
     raise MedicalInputError(f"{url} -> {dest}", f"the download does not match: {why}; the bad file was deleted")
 
-# %% ../nbs/19_external.ipynb #4f14883a
+# %% ../nbs/19_external.ipynb #19ee9873
 _MARKER = '.fastmed-extracted.json'
 
-def _escapes(p:PurePosixPath) -> bool:
-    "True if the relative path `p` climbs above its root once its `..` components are applied."
-    depth = 0
-    for part in p.parts:
-        depth += -1 if part == '..' else 0 if part == '.' else 1
-        if depth < 0: return True
-    return False
+class _Member(NamedTuple):
+    "One archive member as `safe_extract`'s rules see it."
+    name:str          # Path in the archive
+    kind:str          # 'file', 'dir', 'symlink', 'hardlink', or the kind of special file
+    target:str|None   # Link target (None unless a link)
+    size:int=0        # Declared uncompressed size in bytes (0 unless a regular file)
 
-# %% ../nbs/19_external.ipynb #19ee9873
-def _member_problem(name:str, kind:str, target:str|None=None) -> str|None:
-    "Why an archive member `name` of `kind` ('file', 'dir', 'symlink', 'hardlink', ...) must not be extracted, or None."
+# %% ../nbs/19_external.ipynb #3e961604
+def _name_problem(name:str, kind:str) -> str|None:
+    "Why member `name` of `kind` is refused whatever else the archive holds (absolute, `..`, device file), or None."
     p = PurePosixPath(name.replace('\\', '/'))
     if p.is_absolute() or PureWindowsPath(name).drive: return "has an absolute path"
     if '..' in p.parts: return "has a '..' component"
-    if kind in ('file', 'dir'): return None
-    if kind not in ('symlink', 'hardlink'): return f"is a {kind}; device files and FIFOs are not extracted"
-    t = PurePosixPath((target or '').replace('\\', '/'))
-    base = p.parent if kind == 'symlink' else PurePosixPath()  # a hard link's target is relative to the archive root
-    if t.is_absolute() or PureWindowsPath(target or '').drive or _escapes(base/t):
-        return f"is a {kind} to '{target}', outside the destination"
+    if kind in ('file', 'dir', 'symlink', 'hardlink'): return None
+    return f"is a {kind}; device files and FIFOs are not extracted"
+
+# %% ../nbs/19_external.ipynb #7199d3be
+def _key(name:str) -> str:
+    "Member `name` as compared by the link rules: `/` separators, no `.` parts, case-folded."
+    return str(PurePosixPath(name.replace('\\', '/'))).casefold()
+
+def _through_link(name:str, links:set) -> str|None:
+    "The first folder on member `name`'s path that is a link member (a key in `links`), or None."
+    parts = PurePosixPath(name.replace('\\', '/')).parts
+    return next(('/'.join(parts[:i]) for i in range(1, len(parts)) if _key('/'.join(parts[:i])) in links), None)
+
+# %% ../nbs/19_external.ipynb #c0f4dde0
+def _landing(folder:str, target:str, links:set) -> tuple[str|None, str|None]:
+    "(where link `target`, read from archive folder `folder`, lands, None if above the top; link member it passes through)."
+    parts, steps = list(PurePosixPath(folder).parts), [s for s in target.replace('\\', '/').split('/') if s not in ('', '.')]
+    for i, step in enumerate(steps):
+        if step != '..': parts.append(step)
+        elif parts: parts.pop()
+        else: return None, None
+        if i < len(steps) - 1 and parts and _key('/'.join(parts)) in links: return '/'.join(parts), '/'.join(parts)
+    return '/'.join(parts), None
+
+def _symlink_problem(name:str, target:str, links:set, top:str='') -> str|None:
+    "Why symlink member `name` → `target` could lead outside the archive folder `top` ('' for all of it), or None."
+    if PurePosixPath(target.replace('\\', '/')).is_absolute() or PureWindowsPath(target).drive:
+        return f"is a symlink to '{target}', outside the destination"
+    landing, via = _landing(str(PurePosixPath(name.replace('\\', '/')).parent), target, links)
+    if via: return f"is a symlink to '{target}', which passes through link member '{via}'"
+    top_parts = PurePosixPath(top).parts
+    if landing is None or PurePosixPath(landing).parts[:len(top_parts)] != top_parts:
+        return f"is a symlink to '{target}', outside the destination"
     return None
 
-# %% ../nbs/19_external.ipynb #4037e81c
+# %% ../nbs/19_external.ipynb #19981a07
+def _hardlink_problem(target:str, files:set) -> str|None:
+    "Why a hard link to `target` is refused: it must name a regular file earlier in the archive (keys in `files`)."
+    t = PurePosixPath(target.replace('\\', '/'))
+    if t.is_absolute() or PureWindowsPath(target).drive or '..' in t.parts: return f"is a hardlink to '{target}', outside the destination"
+    if _key(target) not in files: return f"is a hardlink to '{target}', which is not a regular file earlier in the archive"
+    return None
+
+def _archive_problem(members:list, top:str='') -> tuple[str, str]|None:
+    "(member name, why) for the first of `members` that could write outside the archive folder `top`, or None."
+    links, files = {_key(m.name) for m in members if m.kind in ('symlink', 'hardlink')}, set()
+    for m in members:
+        via = _through_link(m.name, links)
+        why = (_name_problem(m.name, m.kind) or (via and f"lies inside link member '{via}'")
+               or (m.kind == 'symlink' and _symlink_problem(m.name, m.target or '', links, top))
+               or (m.kind == 'hardlink' and _hardlink_problem(m.target or '', files)))
+        if why: return m.name, why
+        if m.kind in ('file', 'hardlink'): files.add(_key(m.name))
+    return None
+
+# %% ../nbs/19_external.ipynb #7c613b90
+def _declared_bytes(members:list) -> int:
+    "Bytes `members` unpack to: every regular file, plus its size again for each hard link to it."
+    sizes, total = {}, 0
+    for m in members:
+        if m.kind == 'file': sizes[_key(m.name)] = m.size; total += m.size
+        elif m.kind == 'hardlink': total += sizes.get(_key(m.target or ''), 0)
+    return total
+
+def _free_bytes(folder:Path) -> int:
+    "Free bytes on the file system of `folder`, or of its nearest existing parent."
+    folder = Path(folder).absolute()
+    while not folder.exists(): folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+def _size_problem(members:list, dest:Path, max_bytes:int) -> str|None:
+    "Why `members` may not be unpacked into `dest` (more than `max_bytes`, or than the free space), or None."
+    n = _declared_bytes(members)
+    if n > max_bytes: return f"declares {n:,} bytes unpacked, more than max_bytes={max_bytes:,}"
+    if n > (free := _free_bytes(dest.parent)): return f"declares {n:,} bytes unpacked, but only {free:,} bytes are free in {dest.parent}"
+    return None
+
+# %% ../nbs/19_external.ipynb #e7b84fd1
 def _tar_kind(m:tarfile.TarInfo) -> str:
-    "Kind of tar member `m` in the words `_member_problem` uses."
+    "Kind of tar member `m` in the words the rules use."
     if m.isreg(): return 'file'
     if m.isdir(): return 'dir'
     if m.issym(): return 'symlink'
@@ -255,45 +351,72 @@ def _zip_kind(info:zipfile.ZipInfo) -> str:
     if stat.S_ISLNK(mode): return 'symlink'
     return 'file' if not stat.S_IFMT(mode) or stat.S_ISREG(mode) else 'special file'
 
-# %% ../nbs/19_external.ipynb #7199d3be
-def _archive_members(archive:Path) -> list[tuple[str, str, str|None]]:
-    "(name, kind, link target) of every member of the tar(.gz/.bz2/.xz) or zip file `archive`."
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            return [(i.filename, k, zf.read(i).decode('utf-8', 'replace') if k == 'symlink' else None)
-                    for i in zf.infolist() for k in [_zip_kind(i)]]
-    try:
-        with tarfile.open(archive) as tf: return [(m.name, _tar_kind(m), m.linkname or None) for m in tf.getmembers()]
-    except (tarfile.TarError, EOFError, OSError) as e:
+# %% ../nbs/19_external.ipynb #5b57e845
+def _tar_members(archive:Path, max_members:int) -> list[_Member]:
+    "The members of the tar(.gz/.bz2/.xz) `archive`, read until there are more than `max_members`."
+    members = []
+    with tarfile.open(archive) as tf:
+        for m in tf:
+            if len(members) == max_members:
+                raise MedicalInputError(archive, f"holds more than max_members={max_members:,} members; nothing was extracted")
+            members.append(_Member(m.name, _tar_kind(m), m.linkname or None, m.size if m.isreg() else 0))
+    return members
+
+def _zip_members(archive:Path, max_members:int) -> list[_Member]:
+    "The members of the zip `archive` (a symlink's target is its content), if there are at most `max_members`."
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        if len(infos) > max_members:
+            raise MedicalInputError(archive, f"holds {len(infos):,} members, more than max_members={max_members:,}; nothing was extracted")
+        def target(i):
+            with zf.open(i) as f: return f.read(4096).decode('utf-8', 'replace')
+        return [_Member(i.filename, k, target(i) if k == 'symlink' else None, i.file_size if k == 'file' else 0)
+                for i in infos for k in [_zip_kind(i)]]
+
+# %% ../nbs/19_external.ipynb #f2b9f893
+def _archive_members(archive:Path, max_members:int=100_000) -> list[_Member]:
+    "Every member of the tar(.gz/.bz2/.xz) or zip file `archive`, or a one-line error if it is not a readable archive."
+    try: return (_zip_members if zipfile.is_zipfile(archive) else _tar_members)(archive, max_members)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise MedicalInputError(archive, f"is not a readable tar or zip archive ({e})") from None
 
-# %% ../nbs/19_external.ipynb #06703cdb
+# %% ../nbs/19_external.ipynb #e613ffaa
 def _extract_all(archive:Path, dest:Path):
-    "Extract every (already checked) member of `archive` into `dest`, with tarfile's 'data' filter where Python has it."
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf: zf.extractall(dest)
-        return
+    "Extract every (already checked) member of `archive` into `dest`; any failure becomes one line naming `archive`."
     try:
-        with tarfile.open(archive) as tf: tf.extractall(dest, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf: zf.extractall(dest)
+        else:
+            with tarfile.open(archive) as tf: tf.extractall(dest, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
     except getattr(tarfile, 'FilterError', ()) as e:
         raise MedicalInputError(archive, f"member '{e.tarinfo.name}' was refused ({e}); nothing was extracted") from None
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise MedicalInputError(archive, f"could not be extracted ({type(e).__name__}: {e}); nothing was kept") from None
 
-# %% ../nbs/19_external.ipynb #c0f4dde0
+# %% ../nbs/19_external.ipynb #ef25c924
 def is_extracted(dest) -> bool:
     "True if `safe_extract` completed an extraction into the folder `dest`."
     return (Path(dest)/_MARKER).is_file()
 
-# %% ../nbs/19_external.ipynb #6b7ed467
-def safe_extract(archive,     # A tar, tar.gz (.bz2, .xz) or zip file
-                 dest,        # Folder to create with the archive's content
-                 subdir=None, # Archive folder whose content becomes `dest` (e.g. the archive's single top folder)
-                ) -> Path:    # `dest`
-    "Extract `archive` into `dest` atomically, refusing members that could land outside it; skip if already done."
+def _check_archive(archive:Path, dest:Path, subdir, max_bytes:int, max_members:int):
+    "Refuse `archive` in one line if a member could land outside `dest` or it is too big; reads, never writes."
+    members = _archive_members(archive, max_members)
+    if bad := _archive_problem(members, str(subdir or '')):
+        raise MedicalInputError(archive, f"member '{bad[0]}' {bad[1]}; nothing was extracted")
+    if why := _size_problem(members, dest, max_bytes): raise MedicalInputError(archive, f"{why}; nothing was extracted")
+
+# %% ../nbs/19_external.ipynb #17a68fde
+def safe_extract(archive,                    # A tar, tar.gz (.bz2, .xz) or zip file
+                 dest,                       # Folder to create with the archive's content
+                 subdir=None,                # Archive folder whose content becomes `dest` (e.g. the archive's single top folder)
+                 max_bytes:int=32 * 2**30,   # Most bytes the archive may declare unpacked (32 GiB)
+                 max_members:int=100_000,    # Most members the archive may hold
+                ) -> Path:                   # `dest`
+    "Extract `archive` into `dest` atomically after checking every member's name, links and size; skip if already done."
     archive, dest = Path(archive), Path(dest)
     if is_extracted(dest): return dest
     if dest.exists() and any(dest.iterdir()): raise MedicalInputError(dest, "exists and holds no finished extraction; remove it or pick another folder")
-    for name, kind, target in _archive_members(archive):
-        if why := _member_problem(name, kind, target): raise MedicalInputError(archive, f"member '{name}' {why}; nothing was extracted")
+    _check_archive(archive, dest, subdir, max_bytes, max_members)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{dest.name}.', suffix='.tmp', dir=dest.parent))
     try:
@@ -323,12 +446,51 @@ def _entry(registry:Mapping, key:str) -> Resource:
     if key not in registry: raise MedicalInputError(f"registry: has no entry '{key}'")
     return registry[key]
 
-def _fetch_extracted(res:Resource, dest:Path, subdir, progress, timeout, keep_archive) -> Path:
-    "`dest` holding the extracted archive `res` (downloaded next to `dest`), unless an earlier call finished it."
+# %% ../nbs/19_external.ipynb #c85867ed
+def _use_local(res:Resource, file:Path) -> Path:
+    "`file`, a copy of `res` already on this machine, checked against the registry's size and checksums; never changed."
+    if why := _mismatch(file, *_expected(res.md5, res.sha256, res.size)):
+        raise MedicalInputError(file, f"is not the registered {res.filename} ({why}); it was left as it is")
+    return file
+
+def _local_path(res:Resource, local) -> Path:
+    "The file the `local=` argument names: itself, or `local/res.filename` for a folder; a one-line error if neither exists."
+    local = Path(local).expanduser()
+    if local.is_file(): return local
+    if (local/res.filename).is_file(): return local/res.filename
+    raise MedicalInputError(f"local={str(local)!r}: " + (f"holds no {res.filename}" if local.is_dir() else "does not exist"))
+
+def _fetch_file(res:Resource, folder:Path, local, progress:bool, timeout:float) -> Path:
+    "`res` from `local`, else from the data folder `folder.parent`, else downloaded into `folder` (no network if verified there)."
+    if local is not None: return _use_local(res, _local_path(res, local))
+    if not (folder/res.filename).is_file() and (copy := folder.parent/res.filename).is_file(): return _use_local(res, copy)
+    return fetch_resource(res, folder, progress=progress, timeout=timeout)
+
+# %% ../nbs/19_external.ipynb #851713b4
+def _extracted_copy(folder:Path, names:tuple, layout) -> Path|None:
+    "`folder`, or `folder/name` for one of `names`, if it holds an extracted copy (`layout(d)` true), else None."
+    return next((d for d in (folder, *(folder/n for n in names if n)) if d.is_dir() and layout(d)), None)
+
+def _local_extracted(res:Resource, dest:Path, subdir, layout, local) -> Path|None:
+    "The extracted data set `local` or `dest` already hold (`local` may instead be an archive: then None)."
+    if local is not None and local.is_dir() and not (local/res.filename).is_file():
+        if found := _extracted_copy(local, (subdir, dest.name), layout): return found
+        raise MedicalInputError(f"local={str(local)!r}: holds neither {res.filename} nor an extracted copy of it")
+    if local is None and dest.is_dir() and not is_extracted(dest) and any(dest.iterdir()):
+        if layout(dest): return dest
+        raise MedicalInputError(dest, "exists and holds no finished extraction; remove it or pick another folder")
+    return None
+
+def _fetch_extracted(res:Resource, dest:Path, subdir, layout, local=None, progress=True, timeout=30., keep_archive=False) -> Path:
+    "The extracted data set: from `local` or a copy at `dest`, else `res` (found or downloaded next to `dest`) extracted into `dest`."
     if is_extracted(dest): return dest
+    local = None if local is None else Path(local).expanduser()
+    if found := _local_extracted(res, dest, subdir, layout, local): return found
+    if local is not None: return safe_extract(_use_local(res, _local_path(res, local)), dest, subdir=subdir)
+    downloading = not (dest.parent/res.filename).exists()
     archive = fetch_resource(res, dest.parent, progress=progress, timeout=timeout)
     safe_extract(archive, dest, subdir=subdir)
-    if not keep_archive: archive.unlink()
+    if downloading and not keep_archive: archive.unlink()
     return dest
 
 # %% ../nbs/19_external.ipynb #d7c45d69
@@ -367,17 +529,18 @@ def _write_cubes(images:np.ndarray, folder:Path, split:str, max_workers:int) -> 
 
 # %% ../nbs/19_external.ipynb #36c23260
 def download_medmnist3d_dataset(study:str,           # One of `MEDMNIST3D_STUDIES` (any case), e.g. 'NoduleMNIST3D'
-                                path='../data',      # Data folder; the study goes to path/study (path/study_64 for size 64)
+                                path=None,           # Data folder (None: `data_folder()`); the cubes go to path/study (path/study_64 for size 64)
                                 max_workers:int=8,   # Threads writing NIfTI files
                                 size:int=28,         # Cube edge: 28 or 64 voxels
                                 registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
                                 progress:bool=True,  # Show a download progress bar
                                 timeout:float=30.,   # Seconds to wait for the server on each network operation
+                                local=None,          # The study's .npz already on this machine, or a folder holding it: no download
                                ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: img_path, labels, is_val), (test_df: img_path, labels)
-    "Download a MedMNIST 3D study, write its cubes as NIfTI and return (train+val table, test table)."
+    "Download (or take from `local`/`path`) a MedMNIST 3D study, write its cubes as NIfTI and return (train+val table, test table)."
     name, key = _medmnist_study(study, size)
-    folder = Path(path).resolve()/(name if size == 28 else f'{name}_{size}')
-    arrays = _medmnist_arrays(fetch_resource(_entry(registry, key), folder, progress=progress, timeout=timeout))
+    folder = data_folder(path).resolve()/(name if size == 28 else f'{name}_{size}')
+    arrays = _medmnist_arrays(_fetch_file(_entry(registry, key), folder, local, progress, timeout))
     classes, frames = _MEDMNIST_CLASSES.get(name), {}
     for split in ('train', 'val', 'test'):
         lbls = arrays[f'{split}_labels'].reshape(len(arrays[f'{split}_labels']), -1)[:, 0].tolist()
@@ -387,9 +550,9 @@ def download_medmnist3d_dataset(study:str,           # One of `MEDMNIST3D_STUDIE
     return df, frames['test']
 
 # %% ../nbs/19_external.ipynb #da99036d
-def download_NoduleMNIST3D(path='../data',    # Data folder; the cubes go to path/NoduleMNIST3D
+def download_NoduleMNIST3D(path=None,        # Data folder (None: `data_folder()`); the cubes go to path/NoduleMNIST3D
                            max_workers:int=8, # Threads writing NIfTI files
-                           **kwargs,          # `size`, `registry`, `progress`, `timeout` of `download_medmnist3d_dataset`
+                           **kwargs,          # `size`, `registry`, `progress`, `timeout`, `local` of `download_medmnist3d_dataset`
                           ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: img_path, labels 'b'/'m', is_val), (test_df: img_path, labels)
     "Download NoduleMNIST3D (benign/malignant lung nodule CT cubes) as NIfTI files; return (df, test_df)."
     return download_medmnist3d_dataset('NoduleMNIST3D', path=path, max_workers=max_workers, **kwargs)
@@ -407,16 +570,25 @@ def _ixi_tiny_table(study:Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=['subject_id', 't1_path', 'labels'])
 
 # %% ../nbs/19_external.ipynb #47d0afad
-def download_ixi_tiny(path='../data',             # Data folder; the study goes to path/IXITiny
+def _is_ixi_tiny(folder:Path) -> bool: return (folder/'image').is_dir()
+
+def _write_table(table:pd.DataFrame, fname:Path):
+    "Write `table` to the CSV `fname` atomically, or say in one line why the folder cannot take it."
+    try: _save_csv(table, fname)
+    except OSError as e: raise MedicalInputError(fname.parent, f"cannot take {fname.name} ({e.strerror}); copy the data set to a writable folder") from None
+
+# %% ../nbs/19_external.ipynb #74704bcf
+def download_ixi_tiny(path=None,                  # Data folder (None: `data_folder()`); the study goes to path/IXITiny
                       registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
                       progress:bool=True,         # Show a download progress bar
                       timeout:float=30.,          # Seconds to wait for the server on each network operation
-                      keep_archive:bool=False,    # Keep ixi_tiny.zip after extracting it
+                      keep_archive:bool=False,    # Keep ixi_tiny.zip after extracting it (a zip you provided is always kept)
+                      local=None,                 # ixi_tiny.zip, a folder holding it, or the extracted folder (image/, label/): no download
                      ) -> Path:                   # The study folder: image/, label/, dataset.csv
-    "Download IXI Tiny (T1 brain MRIs with brain masks) and write its dataset.csv (subject_id, t1_path, labels)."
-    study = _fetch_extracted(_entry(registry, 'ixi_tiny'), Path(path).resolve()/'IXITiny', 'ixi_tiny',
-                             progress, timeout, keep_archive)
-    if not (study/'dataset.csv').is_file(): _save_csv(_ixi_tiny_table(study), study/'dataset.csv')
+    "Download (or take from `local`/`path`) IXI Tiny (T1 brain MRIs with brain masks) and write its dataset.csv."
+    study = _fetch_extracted(_entry(registry, 'ixi_tiny'), data_folder(path).resolve()/'IXITiny', 'ixi_tiny', _is_ixi_tiny,
+                             local, progress, timeout, keep_archive)
+    if not (study/'dataset.csv').is_file(): _write_table(_ixi_tiny_table(study), study/'dataset.csv')
     return study
 
 # %% ../nbs/19_external.ipynb #61ab01e2
@@ -442,16 +614,19 @@ def _ixi_ages(demo:pd.DataFrame) -> pd.DataFrame:
                          'sex': sex.values})
 
 # %% ../nbs/19_external.ipynb #a50a8610
-def download_ixi_data(path='../data',             # Data folder; the files go to path/IXI
+def _is_ixi_t1(folder:Path) -> bool: return any(folder.glob('IXI*-T1.nii.gz'))
+
+def download_ixi_data(path=None,                  # Data folder (None: `data_folder()`); the files go to path/IXI
                       registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
                       progress:bool=True,         # Show download progress bars
                       timeout:float=30.,          # Seconds to wait for the server on each network operation
-                      keep_archive:bool=False,    # Keep IXI-T1.tar after extracting it
+                      keep_archive:bool=False,    # Keep IXI-T1.tar after extracting it (a tar you provided is always kept)
+                      local=None,                 # Folder holding IXI.xls and IXI-T1.tar (or the extracted scans, or T1/): no download
                      ) -> pd.DataFrame:           # subject_id, t1_path, age, sex; one row per subject with a known age
-    "Download the IXI T1 scans and demographics; return one row per scanned subject with a known age."
-    study = Path(path).resolve()/'IXI'
-    t1_dir = _fetch_extracted(_entry(registry, 'ixi_t1'), study/'T1', None, progress, timeout, keep_archive)
-    ages = _ixi_ages(_read_demographics(fetch_resource(_entry(registry, 'ixi_demographics'), study, progress, timeout)))
+    "Download (or take from `local`/`path`) the IXI T1 scans and demographics; one row per scanned subject with a known age."
+    study = data_folder(path).resolve()/'IXI'
+    ages = _ixi_ages(_read_demographics(_fetch_file(_entry(registry, 'ixi_demographics'), study, local, progress, timeout)))
+    t1_dir = _fetch_extracted(_entry(registry, 'ixi_t1'), study/'T1', None, _is_ixi_t1, local, progress, timeout, keep_archive)
     scans = pd.DataFrame({'t1_path': [str(p) for p in sorted(t1_dir.glob('IXI*-T1.nii.gz'))]})
     scans['subject_id'] = [Path(p).name.split('-')[0] for p in scans.t1_path]
     df = scans.merge(ages, on='subject_id', how='inner')
@@ -465,27 +640,110 @@ def _task_file(folder:Path, rel:str, meta_file:Path) -> str:
     if not p.is_file(): raise MedicalInputError(meta_file, f"lists '{rel}', which does not exist")
     return str(p)
 
-def _decathlon_tables(folder:Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(image/label table of the `training` list, image table of the `test` list) from the task's dataset.json."
-    meta_file = folder/'dataset.json'
-    if not meta_file.is_file(): raise MedicalInputError(folder, "has no dataset.json; is it a Decathlon task folder?")
-    meta = json.loads(meta_file.read_text())
-    df = pd.DataFrame([{k: _task_file(folder, d[k], meta_file) for k in ('image', 'label')} for d in meta.get('training', [])],
-                      columns=['image', 'label'])
-    tests = [t if isinstance(t, str) else t['image'] for t in meta.get('test', [])]
-    test_df = pd.DataFrame({'image': [_task_file(folder, t, meta_file) for t in tests]}, columns=['image'])
-    for t in (df, test_df): t.attrs.update(task=folder.name, labels=meta.get('labels', {}), modality=meta.get('modality', {}))
-    return df, test_df
+def _read_task_json(meta_file:Path) -> dict:
+    "The task description in `meta_file` ({} if there is none), or a one-line error if it is not a JSON object."
+    if not meta_file.is_file(): return {}
+    try: meta = json.loads(meta_file.read_text(encoding='utf-8'))
+    except ValueError as e: raise MedicalInputError(meta_file, f"is not valid JSON ({e})") from None
+    if not isinstance(meta, dict): raise MedicalInputError(meta_file, f"holds a JSON {type(meta).__name__}, expected an object")
+    return meta
 
 # %% ../nbs/19_external.ipynb #b3a4f672
+def _listed_paths(folder:Path, meta:dict, section:str, keys:tuple) -> list[dict]:
+    "The `keys` paths of every entry of dataset.json's `section` list ('training' or 'test'), checked."
+    meta_file, entries = folder/'dataset.json', meta.get(section, [])
+    if not isinstance(entries, list): raise MedicalInputError(meta_file, f"'{section}' is a {type(entries).__name__}, expected a list")
+    rows = []
+    for i, e in enumerate(entries):
+        e = {'image': e} if isinstance(e, str) and keys == ('image',) else e
+        if missing := next((k for k in keys if not isinstance(e, dict) or not isinstance(e.get(k), str)), None):
+            raise MedicalInputError(meta_file, f"'{section}' entry {i} has no '{missing}' path")
+        rows.append({k: _task_file(folder, e[k], meta_file) for k in keys})
+    return rows
+
+def _listed_tables(folder:Path, meta:dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(image/label table of the `training` list, image table of the `test` list) of dataset.json."
+    return (pd.DataFrame(_listed_paths(folder, meta, 'training', ('image', 'label')), columns=['image', 'label']),
+            pd.DataFrame(_listed_paths(folder, meta, 'test', ('image',)), columns=['image']))
+
+# %% ../nbs/19_external.ipynb #f9f95337
+def _volume_files(folder:Path) -> dict[str, Path]:
+    "{name without suffix: file} of the image files in `folder` ({} if absent); hidden files such as macOS `._*` skipped."
+    files = {}
+    for f in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if f.name.startswith('.') or not f.is_file() or not (sfx := _image_name(f)): continue
+        if (name := f.name[:-len(sfx)]) in files: raise MedicalInputError(f, f"and {files[name].name} are two files for case '{name}'")
+        files[name] = f
+    return files
+
+def _channel_of(name:str, labels:Mapping, split:bool) -> tuple[str, int|None]:
+    "(case, channel) of image `name`: nnU-Net's `case_0000` is channel 0 of `case`, unless a label has the full name."
+    m = re.fullmatch(r'(.+)_(\d{4})', name)
+    return (m[1], int(m[2])) if split and m and name not in labels else (name, None)
+
+# %% ../nbs/19_external.ipynb #47706451
+def _channel_cases(images:dict, labels:dict|None, split:bool, expected:tuple|None=None) -> dict[str, list[Path]]:
+    "Image files per case, channels in order; checked: a label each (if `labels`), no gaps, channel counts as `expected` (case, n)."
+    cases = {}
+    for name, f in images.items():
+        case, ch = _channel_of(name, labels or {}, split)
+        if labels is not None and case not in labels:
+            raise MedicalInputError(f, f"has no label: labelsTr holds no file named {' or '.join(dict.fromkeys((name, case)))}")
+        cases.setdefault(case, {})[ch] = f
+    for case, chans in cases.items():
+        if sorted(chans, key=lambda c: -1 if c is None else c) not in ([None], list(range(len(chans)))):
+            raise MedicalInputError(next(iter(chans.values())).parent, f"case '{case}' has channel files {', '.join(sorted(f.name for f in chans.values()))}: "
+                                    f"expected {case}_0000, {case}_0001, ... without gaps")
+        expected = expected or (case, len(chans))
+        if len(chans) != expected[1]:
+            raise MedicalInputError(next(iter(chans.values())).parent, f"case '{case}' has {len(chans)} channel file"
+                                    f"{'s' * (len(chans) != 1)}, but case '{expected[0]}' has {expected[1]}")
+    return {case: [chans[c] for c in sorted(chans, key=lambda c: c or 0)] for case, chans in cases.items()}
+
+# %% ../nbs/19_external.ipynb #3cda5231
+def _named_tables(folder:Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(image/label table, test image table) of a task folder without file lists: images and labels paired by name."
+    images, labels = _volume_files(folder/'imagesTr'), _volume_files(folder/'labelsTr')
+    if not images: raise MedicalInputError(folder/'imagesTr', "holds no image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)")
+    split = any(name not in labels for name in images)  # some names are not labels' names: nnU-Net channel files
+    cases = _channel_cases(images, labels, split)
+    if orphan := next((f for case, f in labels.items() if case not in cases), None):
+        raise MedicalInputError(orphan, "has no image in imagesTr (same name, or name_0000, ... for nnU-Net channel files)")
+    first = next(iter(cases))
+    tests = _channel_cases(_volume_files(folder/'imagesTs'), None, split, (first, len(cases[first])))
+    cell = lambda files: str(files[0]) if len(files) == 1 else [str(f) for f in files]
+    return (pd.DataFrame({'image': [cell(fs) for fs in cases.values()], 'label': [str(labels[c]) for c in cases]}),
+            pd.DataFrame({'image': [cell(fs) for fs in tests.values()]}, columns=['image']))
+
+# %% ../nbs/19_external.ipynb #e8408967
+def _is_decathlon_task(folder:Path) -> bool: return (folder/'dataset.json').is_file() or (folder/'imagesTr').is_dir()
+
+def decathlon_tables(folder, # A task folder: dataset.json and/or imagesTr/, labelsTr/ (and imagesTs/)
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: image, label), (test_df: image)
+    "Tables of a Decathlon or nnU-Net task folder: from dataset.json's file lists, else images and labels paired by name."
+    folder = Path(folder).expanduser().resolve()
+    if not _is_decathlon_task(folder): raise MedicalInputError(folder, "has neither dataset.json nor imagesTr/; is it a Decathlon task folder?")
+    meta = _read_task_json(folder/'dataset.json')
+    df, test_df = _listed_tables(folder, meta) if 'training' in meta else _named_tables(folder)
+    if 'training' not in meta and isinstance(n := meta.get('numTraining'), int) and n != len(df):
+        raise MedicalInputError(folder/'dataset.json', f"says numTraining {n}, but imagesTr and labelsTr hold {len(df)} cases")
+    for t in (df, test_df):
+        t.attrs.update(task=folder.name, labels=meta.get('labels', {}), modality=meta.get('modality', meta.get('channel_names', {})))
+    return df, test_df
+
+# %% ../nbs/19_external.ipynb #8a417cd7
 def download_decathlon_task(task:str,                   # One of `MSD_TASKS`, e.g. 'Task09_Spleen'
-                            path='../data',             # Data folder; the task goes to path/task
+                            path=None,                  # Data folder (None: `data_folder()`); the task goes to path/task
                             registry:Mapping=RESOURCES, # Where files come from (see `mirror_registry`)
                             progress:bool=True,         # Show a download progress bar
                             timeout:float=30.,          # Seconds to wait for the server on each network operation
-                            keep_archive:bool=False,    # Keep the task's tar after extracting it
+                            keep_archive:bool=False,    # Keep the task's tar after extracting it (a tar you provided is always kept)
+                            local=None,                 # The task's tar, a folder holding it, or the extracted task folder: no download
                            ) -> tuple[pd.DataFrame, pd.DataFrame]: # (df: image, label), (test_df: image)
-    "Download a Medical Segmentation Decathlon task; return (labelled image/label table, unlabelled test table)."
+    "Download (or take from `local`/`path`) a Medical Segmentation Decathlon task; return (image/label table, test table)."
     if task not in MSD_TASKS: raise MedicalInputError(f"task={task!r}: expected one of {', '.join(MSD_TASKS)}")
-    folder = _fetch_extracted(_entry(registry, task), Path(path).resolve()/task, task, progress, timeout, keep_archive)
-    return _decathlon_tables(folder)
+    folder = _fetch_extracted(_entry(registry, task), data_folder(path).resolve()/task, task, _is_decathlon_task,
+                              local, progress, timeout, keep_archive)
+    df, test_df = decathlon_tables(folder)
+    for t in (df, test_df): t.attrs['task'] = task
+    return df, test_df

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import re
+import shutil
 import socket
 import stat
 import tarfile
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fastmed.external import (RESOURCES, Resource, download_decathlon_task, download_ixi_data, download_ixi_tiny,
+from fastmed.external import (RESOURCES, Resource, data_folder, download_decathlon_task, download_ixi_data, download_ixi_tiny,
                               download_medmnist3d_dataset, download_NoduleMNIST3D, download_url, file_digest,
                               mirror_registry, safe_extract)
 from fastmed.io import MedicalInputError
@@ -381,3 +382,143 @@ def test_decathlon_refuses_malicious_tar(tmp_path, serve):
     with pytest.raises(MedicalInputError, match=r"member 'Task02_Heart/\.\./\.\./evil\.sh' has a '\.\.' component"):
         download_decathlon_task('Task02_Heart', tmp_path/'data', registry=reg, progress=False)
     assert not (tmp_path/'data'/'Task02_Heart').exists() and not (tmp_path/'evil.sh').exists()
+
+
+# ---------------------------------------------------------------- copies already on this machine (issue 11)
+def offline(site):
+    "A registry on a closed port, re-checksummed from the stand-ins in `site`: any request fails, copies verify."
+    return mirror_registry(f'http://127.0.0.1:{closed_port()}/mirror', checksums_from=site)
+
+
+def test_checksum_arguments_checked_before_the_network(tmp_path, serve):
+    base, log = serve()
+    (tmp_path/'site'/'f.bin').write_bytes(b'abc' * 1000)
+    md5 = file_digest(tmp_path/'site'/'f.bin')
+    dest = download_url(f'{base}/f.bin', tmp_path/'f.bin', md5=md5.upper(), progress=False)  # upper case: same digest
+    assert dest.read_bytes() == b'abc' * 1000 and len(log) == 1
+    for kw, culprit in ((dict(md5=md5[:-1]), 'md5='), (dict(md5=md5 + '0'), 'md5='), (dict(sha256=md5), 'sha256='), (dict(size=-3), 'size=-3')):
+        with pytest.raises(MedicalInputError) as e: download_url(f'{base}/f.bin', dest, progress=False, **kw)
+        assert one_line(e).startswith(culprit)
+    assert dest.read_bytes() == b'abc' * 1000 and len(log) == 1  # the good download is kept, no request made
+
+
+def test_medmnist_local_copies_without_network(tmp_path):
+    site = tmp_path/'site'; site.mkdir()
+    arrays = medmnist_npz(site/'adrenalmnist3d.npz', counts=(4, 2, 3))
+    medmnist_npz(site/'adrenalmnist3d_64.npz', edge=64, counts=(1, 1, 1))
+    reg, root = offline(site), tmp_path/'medmnist3d'
+    shutil.copytree(site, root)  # the way MedMNIST's package keeps its files: root/adrenalmnist3d.npz
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    df, test_df = download_medmnist3d_dataset('AdrenalMNIST3D', root, max_workers=2, registry=reg, progress=False)
+    assert df.labels.tolist() == ['0', '1', '0', '1', '0', '1'] and df.is_val.sum() == 2 and len(test_df) == 3
+    assert np.array_equal(np.asanyarray(nib.load(test_df.img_path[2]).dataobj), arrays['test_images'][2])
+    assert Path(df.img_path[0]).parent == (root/'AdrenalMNIST3D'/'train').resolve()
+    assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before  # the copies are untouched, still there
+    df64, _ = download_medmnist3d_dataset('adrenalmnist3d', tmp_path/'a', size=64, registry=reg, local=root)  # a folder holding it
+    assert nib.load(df64.img_path[0]).shape == (64, 64, 64)
+    shutil.copy(root/'adrenalmnist3d.npz', tmp_path/'renamed.npz')
+    df2, _ = download_medmnist3d_dataset('AdrenalMNIST3D', tmp_path/'b', registry=reg, local=tmp_path/'renamed.npz')
+    assert len(df2) == 6 and (tmp_path/'renamed.npz').is_file() and not (tmp_path/'b'/'AdrenalMNIST3D'/'adrenalmnist3d.npz').exists()
+
+
+def test_data_folder_from_environment(tmp_path, monkeypatch):
+    site = tmp_path/'site'; site.mkdir()
+    medmnist_npz(site/'nodulemnist3d.npz')
+    monkeypatch.setenv('FASTMED_DATA', str(site))
+    df, _ = download_NoduleMNIST3D(registry=offline(site), max_workers=1, progress=False)  # no path: $FASTMED_DATA
+    assert Path(df.img_path[0]).parent == (site/'NoduleMNIST3D'/'train').resolve()
+    assert data_folder(tmp_path/'x') == tmp_path/'x'
+    monkeypatch.delenv('FASTMED_DATA')
+    assert data_folder() == Path('../data')
+
+
+def test_ixi_tiny_local_zip_and_extracted_folders(tmp_path):
+    site = tmp_path/'site'; site.mkdir()
+    sids = ['IXI002-Guys-0828', 'IXI012-HH-1211']
+    ixi_tiny_zip(site/'ixi_tiny.zip', sids)
+    reg = offline(site)
+    study = download_ixi_tiny(tmp_path/'a', registry=reg, local=site/'ixi_tiny.zip')  # the zip: checked, extracted, kept
+    assert study == (tmp_path/'a'/'IXITiny').resolve() and pd.read_csv(study/'dataset.csv').subject_id.tolist() == sids
+    assert (site/'ixi_tiny.zip').is_file()
+    with zipfile.ZipFile(site/'ixi_tiny.zip') as zf: zf.extractall(tmp_path/'unzipped')  # unzipped by hand: unzipped/ixi_tiny/...
+    study = download_ixi_tiny(tmp_path/'b', registry=reg, local=tmp_path/'unzipped')
+    assert study == tmp_path/'unzipped'/'ixi_tiny' and not (tmp_path/'b').exists()
+    assert pd.read_csv(study/'dataset.csv').t1_path.tolist() == [str(study/'image'/f'{s}_image.nii.gz') for s in sids]
+    shutil.copytree(tmp_path/'unzipped'/'ixi_tiny', tmp_path/'c'/'IXITiny')  # extracted by hand where fastmed would put it
+    (tmp_path/'c'/'IXITiny'/'dataset.csv').unlink()
+    assert download_ixi_tiny(tmp_path/'c', registry=reg) == (tmp_path/'c'/'IXITiny').resolve()
+    (tmp_path/'d').mkdir(); shutil.copy(site/'ixi_tiny.zip', tmp_path/'d')  # a zip in the data folder: used, and kept
+    download_ixi_tiny(tmp_path/'d', registry=reg)
+    assert sorted(p.name for p in (tmp_path/'d').iterdir()) == ['IXITiny', 'ixi_tiny.zip']
+
+
+def test_ixi_data_local_folder(tmp_path):
+    site = tmp_path/'site'; site.mkdir()
+    with tarfile.open(site/'IXI-T1.tar', 'w') as tf:
+        for sid in ('IXI002-Guys-0828', 'IXI012-HH-1211'): add(tf, f'{sid}-T1.nii.gz', gz_nifti(np.zeros((3, 3, 3), np.int16)))
+    pd.DataFrame({'IXI_ID': [2, 12], 'SEX_ID (1=m, 2=f)': [2, 1], 'AGE': [35.8, 38.78]}).to_csv(site/'IXI.csv', index=False)
+    reg = {**offline(site), 'ixi_demographics': Resource(f'http://127.0.0.1:{closed_port()}/IXI.csv', 'IXI.csv',
+                                                         md5=file_digest(site/'IXI.csv'))}
+    df = download_ixi_data(tmp_path/'a', registry=reg, local=site)
+    assert df.subject_id.tolist() == ['IXI002', 'IXI012'] and df.age.tolist() == [35.8, 38.78]
+    assert Path(df.t1_path[0]).parent == (tmp_path/'a'/'IXI'/'T1').resolve() and (site/'IXI-T1.tar').is_file()
+    scans = tmp_path/'scans'; (scans/'T1').mkdir(parents=True); shutil.copy(site/'IXI.csv', scans)
+    with tarfile.open(site/'IXI-T1.tar') as tf: tf.extractall(scans/'T1', filter='data')
+    df2 = download_ixi_data(tmp_path/'b', registry=reg, local=scans)  # extracted scans in T1/, read in place
+    assert df2.age.tolist() == df.age.tolist() and Path(df2.t1_path[1]).parent == scans/'T1'
+
+
+def course_copy(folder, n=4):
+    "A Task04 copy shaped like the course's: no dataset.json, images mixing uint8 (2..140) and float32 (to 2800), one float32 label."
+    rng = np.random.default_rng(7)
+    for i in range(1, n + 1):
+        img = rng.uniform(2, 140, (7, 9, 6)).astype(np.uint8) if i % 3 == 1 else rng.uniform(0, 2800, (7, 9, 6)).astype(np.float32)
+        lbl = rng.integers(0, 3, (7, 9, 6)).astype(np.float32 if i == 2 else np.uint8)
+        for sub, arr in (('imagesTr', img), ('labelsTr', lbl)):
+            (folder/sub).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(arr, np.diag([1., 1., 1., 1.])), folder/sub/f'hippocampus_{2 * i - 1:03d}.nii.gz')
+    return folder
+
+
+def test_decathlon_local_copy_without_dataset_json(tmp_path):
+    from fastmed.core import MedImage, MedMask
+    course = course_copy(tmp_path/'msd-hippocampus')
+    before = {str(p): p.read_bytes() for p in course.rglob('*') if p.is_file()}
+    df, test_df = download_decathlon_task('Task04_Hippocampus', tmp_path/'data', registry=offline(tmp_path), local=course)
+    assert [Path(p).name for p in df.image] == [f'hippocampus_{i:03d}.nii.gz' for i in (1, 3, 5, 7)]
+    assert [Path(p).name for p in df.label] == [Path(p).name for p in df.image] and len(test_df) == 0
+    assert df.attrs['task'] == 'Task04_Hippocampus' and not (tmp_path/'data').exists()  # read in place: nothing written
+    assert {str(p): p.read_bytes() for p in course.rglob('*') if p.is_file()} == before
+    dtypes = [nib.load(p).get_data_dtype() for p in df.image]
+    assert dtypes == [np.uint8, np.float32, np.float32, np.uint8]
+    for img, lbl in zip(df.image, df.label):
+        x, y = MedImage.create(img), MedMask.create(lbl)
+        assert x.shape == y.shape == (1, 7, 9, 6) and set(np.unique(y.numpy())) <= {0., 1., 2.}
+    shutil.copytree(course, tmp_path/'data2'/'Task04_Hippocampus')  # extracted by hand at the destination
+    assert download_decathlon_task('Task04_Hippocampus', tmp_path/'data2', registry=offline(tmp_path))[0].label.str.endswith('.nii.gz').all()
+
+
+def test_nnunet_channels_through_local_copy(tmp_path):
+    from fastmed.core import MedImage
+    task = tmp_path/'Dataset001_BrainTumour'
+    (task/'imagesTr').mkdir(parents=True); (task/'labelsTr').mkdir()
+    for case in ('BRATS_001', 'BRATS_002', 'BRATS_003'):
+        for c in range(4): nib.save(nib.Nifti1Image(np.full((4, 4, 3), c, np.float32), np.eye(4)), task/'imagesTr'/f'{case}_{c:04d}.nii.gz')
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.uint8), np.eye(4)), task/'labelsTr'/f'{case}.nii.gz')
+    (task/'dataset.json').write_text(json.dumps({'channel_names': {'0': 'FLAIR', '1': 'T1w', '2': 'T1gd', '3': 'T2w'},
+                                                 'labels': {'background': 0, 'edema': 1}, 'numTraining': 3, 'file_ending': '.nii.gz'}))
+    df, _ = download_decathlon_task('Task01_BrainTumour', tmp_path/'data', registry=offline(tmp_path), local=task)
+    assert [len(ps) for ps in df.image] == [4, 4, 4] and [Path(p).name for p in df.image[1]][::3] == ['BRATS_002_0000.nii.gz', 'BRATS_002_0003.nii.gz']
+    assert MedImage.create(df.image[2])[:, 0, 0, 0].tolist() == [0., 1., 2., 3.]
+    assert df.attrs['modality']['2'] == 'T1gd'
+
+
+def test_decathlon_tar_in_data_folder_used_and_kept(tmp_path):
+    site = tmp_path/'site'; site.mkdir()
+    decathlon_tar(site/'Task09_Spleen.tar', 'Task09_Spleen')
+    (tmp_path/'data').mkdir(); shutil.copy(site/'Task09_Spleen.tar', tmp_path/'data')
+    df, test_df = download_decathlon_task('Task09_Spleen', tmp_path/'data', registry=offline(site))
+    assert len(df) == 2 and len(test_df) == 1
+    assert sorted(p.name for p in (tmp_path/'data').iterdir()) == ['Task09_Spleen', 'Task09_Spleen.tar']
+    (tmp_path/'data'/'Task09_Spleen.tar').write_bytes(b'changed')  # the folder is finished: the tar is not looked at again
+    assert download_decathlon_task('Task09_Spleen', tmp_path/'data', registry=offline(site))[0].equals(df)
