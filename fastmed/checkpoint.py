@@ -97,7 +97,7 @@ def save_checkpoint(learn, # the `Learner` being trained
     "Write `learn`'s model, optimizer, `epoch` and random states to `path` atomically, as one safetensors file."
     path, tensors = Path(path), {}
     model = getattr(learn.model, 'module', learn.model)
-    _check_finite_state(model, learn.opt, path, f"after {int(epoch)} epoch(s)")
+    _check_finite_state(model, learn.opt, path, f"after {int(epoch)} epoch(s),")
     meta = {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'n_epoch': int(n_epoch or learn.n_epoch),
             'model': _split_tensors(model.state_dict(), tensors, 'model'),
             'opt': _split_tensors(learn.opt.state_dict(), tensors, 'opt') if learn.opt is not None else None,

@@ -169,7 +169,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser('predict', help='predict masks with a saved model (safetensors + JSON)')
     p.add_argument('model', help='model name, .json or .safetensors file written by save_model')
     p.add_argument('inputs', nargs='+', help='image files, folders of image files, or DICOM series folders')
-    p.add_argument('-o', '--output', required=True, help='folder for <name>_pred.nii.gz masks and volumes.csv')
+    p.add_argument('-o', '--output', required=True,
+                   help='folder for <name>_pred.nii.gz masks and volumes.csv; apart from the inputs (not one, in one, or holding one)')
     p.add_argument('--tta', action='store_true', help='flip test-time augmentation')
     p.add_argument('--keep-largest', action='store_true', help='keep the largest connected component of each label')
     p.add_argument('--allow-pickle', action='store_true', help='load a pickled fastai export (trusted files only)')

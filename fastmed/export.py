@@ -37,7 +37,9 @@ def _network_class(name: str):
     if not any(module == m or module.startswith(m + '.') for m in ALLOWED_NETWORK_MODULES):
         raise MedicalInputError(f"architecture class={name!r}: only networks from {', '.join(ALLOWED_NETWORK_MODULES)} are built")
     try: cls = getattr(importlib.import_module(module), attr, None)
-    except ImportError as e: raise MedicalInputError(f"architecture class={name!r}: no module named {module!r} ({e.msg})") from e
+    except ImportError as e:
+        why = f"no module named {module!r}" + ('' if e.name == module else f" ({e.msg})")
+        raise MedicalInputError(f"architecture class={name!r}: {why}") from e
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise MedicalInputError(f"architecture class={name!r}: no such network class in {module}")
     return cls
@@ -393,13 +395,15 @@ def _check_fits(probe: nn.Module, header: dict, contract_path: Path, weights: Pa
 
 # %% ../nbs/17_export.ipynb #0705b997
 def _kwargs_problem(cls, kwargs: dict) -> str | None:
-    "What is wrong with `kwargs` as the constructor arguments of `cls` (unknown names first), or None."
+    "What is wrong with `kwargs` as the constructor arguments of `cls` (unknown names first, numbers in quotes), or None."
     params = inspect.signature(cls).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in kwargs if k not in params]
         if unknown: return f"{cls.__name__} takes no argument {', '.join(map(repr, unknown))} (renamed or removed?)"
     try: inspect.signature(cls).bind(**kwargs)
     except TypeError as e: return f"{cls.__name__}: {e}"
+    quoted = [k for k, v in kwargs.items() if isinstance(v, str) and re.fullmatch(r'[+-]?\d+(\.\d*)?', v.strip())]
+    if quoted: return f"{quoted[0]}={json.dumps(kwargs[quoted[0]])} is a number in quotes; write it without them"
 
 def _build_network(contract: dict, contract_path: Path, weights: Path) -> nn.Module:
     "The contract's network, its arguments and size checked (on the meta device) before it is built."
