@@ -6,7 +6,7 @@ Docs: https://fastmed.github.io/fastmed/checkpoint.html.md"""
 
 # %% ../nbs/20_checkpoint.ipynb #04c5ab45
 from __future__ import annotations
-import json, os, random, tempfile
+import json, math, os, random, tempfile
 from pathlib import Path
 import numpy as np
 import torch
@@ -65,7 +65,29 @@ def _set_rng_state(learn, s: dict):
         if st is not None and hasattr(dl, 'rng'): dl.rng.setstate(_pytuple(st))
 
 # %% ../nbs/20_checkpoint.ipynb #8b9f6513
+def _nonfinite_report(tensors: dict) -> str | None:
+    "'N of M numbers are NaN or infinite (first in name)' for the floating-point `tensors`, or None if all are finite."
+    floats = {k: t for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point()}
+    bad = {k: int(t.numel() - torch.isfinite(t).sum()) for k, t in floats.items()}
+    if not any(bad.values()): return None
+    first = next(k for k, n in bad.items() if n)
+    return f"{sum(bad.values()):,} of {sum(t.numel() for t in floats.values()):,} numbers are NaN or infinite (first in {first})"
+
+def _flat_tensors(obj, prefix: str) -> dict:
+    "{dotted name: tensor} of every tensor in a nested state (an optimizer's `state_dict`)."
+    if torch.is_tensor(obj): return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple, L)) else ()
+    return {k: v for key, sub in items for k, v in _flat_tensors(sub, f'{prefix}.{key}').items()}
+
+# %% ../nbs/20_checkpoint.ipynb #42b1d39f
 CHECKPOINT_FORMAT = 'fastmed-checkpoint'
+
+def _check_finite_state(model, opt, path: Path, when: str):
+    "Error naming `path` unless `model`'s state and `opt`'s state are all finite numbers; `when` says which epoch."
+    state = {**model.state_dict(), **(_flat_tensors(opt.state_dict(), 'optimizer') if opt is not None else {})}
+    report = _nonfinite_report(state)
+    if report: raise MedicalInputError(path, f"not written: {when} {report}; the training diverged (a NaN in the data, "
+                                             "or too high a learning rate?) and the previous checkpoint is kept")
 
 def save_checkpoint(learn, # the `Learner` being trained
                     path, # checkpoint file (`.safetensors` by convention); its folder is created
@@ -75,6 +97,7 @@ def save_checkpoint(learn, # the `Learner` being trained
     "Write `learn`'s model, optimizer, `epoch` and random states to `path` atomically, as one safetensors file."
     path, tensors = Path(path), {}
     model = getattr(learn.model, 'module', learn.model)
+    _check_finite_state(model, learn.opt, path, f"after {int(epoch)} epoch(s),")
     meta = {'format': CHECKPOINT_FORMAT, 'epoch': int(epoch), 'n_epoch': int(n_epoch or learn.n_epoch),
             'model': _split_tensors(model.state_dict(), tensors, 'model'),
             'opt': _split_tensors(learn.opt.state_dict(), tensors, 'opt') if learn.opt is not None else None,
@@ -101,16 +124,34 @@ def load_checkpoint(learn, # a `Learner` with the architecture the checkpoint wa
     "Load weights and optimizer state from `path` into `learn`; return {'epoch', 'n_epoch', 'rng'}."
     path = Path(path)
     meta, tensors = _read_checkpoint(path)
+    weights, opt_state = _join_tensors(meta['model'], tensors), _join_tensors(meta['opt'], tensors)
+    report = _nonfinite_report({**weights, **_flat_tensors(opt_state or {}, 'optimizer')})
+    if report: raise MedicalInputError(path, f"cannot be resumed: {report} (written by a run that had diverged)")
     model = getattr(learn.model, 'module', learn.model)
-    try: model.load_state_dict(_join_tensors(meta['model'], tensors))
+    try: model.load_state_dict(weights)
     except RuntimeError as e: raise MedicalInputError(path, f"weights do not fit this model: {' '.join(str(e).split())[:300]}") from e
-    if meta['opt'] is not None:
+    if opt_state is not None:
         if learn.opt is None: learn.create_opt()
-        try: learn.opt.load_state_dict(_join_tensors(meta['opt'], tensors))
+        try: learn.opt.load_state_dict(opt_state)
         except (AssertionError, ValueError, KeyError) as e: raise MedicalInputError(path, "optimizer state does not fit this learner's optimizer") from e
     return {'epoch': meta['epoch'], 'n_epoch': meta['n_epoch'], 'rng': _join_tensors(meta['rng'], tensors)}
 
 # %% ../nbs/20_checkpoint.ipynb #04401b79
+def _check_checkpoint_path(path: Path):
+    "Error naming `path` unless a checkpoint file can be written there (checked before any training)."
+    if path.is_dir(): raise MedicalInputError(path, "is a folder; CheckpointCallback needs a file path, e.g. models/run.safetensors")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent): pass
+    except OSError as e: raise MedicalInputError(path, f"checkpoint folder is not writable ({e.strerror or e})") from e
+
+def _nonfinite_losses(learn) -> list:
+    "['train_loss=nan', ...]: the losses the `Recorder` logged for the epoch just ended that are NaN or infinite."
+    rec = getattr(learn, 'recorder', None)
+    pairs = zip(getattr(rec, 'metric_names', []), getattr(rec, 'log', []))
+    return [f"{n}={v}" for n, v in pairs if n.endswith('loss') and isinstance(v, float) and not math.isfinite(v)]
+
+# %% ../nbs/20_checkpoint.ipynb #03e8698b
 class CheckpointCallback(Callback):
     "Save model, optimizer, epoch and random states after every epoch; with `resume`, continue from the last save."
     order = 65  # after the Recorder and progress callbacks have closed the epoch
@@ -122,6 +163,7 @@ class CheckpointCallback(Callback):
 
     def before_fit(self):
         self.start_epoch, self._rng = 0, None
+        _check_checkpoint_path(self.path)
         if not (self.resume and self.path.exists()): return
         state = load_checkpoint(self.learn, self.path)
         if state['n_epoch'] != self.n_epoch:
@@ -136,4 +178,9 @@ class CheckpointCallback(Callback):
         if self._rng is not None: _set_rng_state(self.learn, self._rng); self._rng = None
 
     def after_epoch(self):
-        if not self._skipped: save_checkpoint(self.learn, self.path, self.epoch + 1, self.n_epoch)
+        if self._skipped: return
+        bad = _nonfinite_losses(self.learn)
+        if bad: raise MedicalInputError(self.path, f"not written: epoch {self.epoch} ended with {', '.join(bad)}; the "
+                                        "training diverged (a NaN in the data, or too high a learning rate?) and the "
+                                        "previous checkpoint is kept")
+        save_checkpoint(self.learn, self.path, self.epoch + 1, self.n_epoch)

@@ -6,7 +6,8 @@ Docs: https://fastmed.github.io/fastmed/cli.html.md"""
 
 # %% ../nbs/18_cli.ipynb #00ebe442
 from __future__ import annotations
-import argparse, os, sys, tempfile
+import argparse, hashlib, os, sys, tempfile
+from collections import Counter
 from pathlib import Path
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
@@ -15,29 +16,83 @@ from .core import save_medical
 from .dataset import MedDataset, _image_name
 from .inference import predict_volume, _pred_name
 from .postprocess import keep_largest_component, label_volumes
-from .export import load_model
+from .export import load_model, MedModel
 
 # %% auto #0
-__all__ = ['expand_inputs', 'predict_one', 'predict_command', 'summary_command', 'main']
+__all__ = ['expand_inputs', 'output_names', 'predict_one', 'predict_command', 'summary_command', 'main']
 
 # %% ../nbs/18_cli.ipynb #1a7e9f2c
-def expand_inputs(inputs) -> list:
-    "Image files and DICOM series folders named by `inputs` (folders of image files are expanded, sorted)."
-    out = []
+def _fastmed_outputs(folder: Path) -> set:
+    "Names of the files in `folder` that `fastmed predict` wrote: listed in its volumes.csv, or `*_pred.nii.gz` beside it."
+    try: table = pd.read_csv(folder / 'volumes.csv', usecols=['input', 'output', 'error'])
+    except (OSError, ValueError): return set()  # no table, or not one fastmed wrote
+    return {Path(p).name for p in table.output.dropna()} | {p.name for p in folder.glob('*_pred.nii.gz')}
+
+def _listed_files(item: Path) -> list:
+    "The image files directly in folder `item` (sorted, hidden ones skipped), or [item] for a file or a DICOM folder."
+    images = sorted(p for p in item.iterdir() if p.is_file() and _image_name(p) and not p.name.startswith('.')) if item.is_dir() else []
+    return images or [item]
+
+# %% ../nbs/18_cli.ipynb #8ed08932
+def expand_inputs(inputs) -> tuple:
+    "(sources, skipped): image files and DICOM folders named by `inputs`, each once; fastmed's own outputs are skipped."
+    sources, skipped, seen = [], [], set()
     for item in map(Path, inputs):
-        images = sorted(p for p in item.iterdir() if p.is_file() and _image_name(p)) if item.is_dir() else []
-        out.extend(images or [item])
-    return out
+        own = _fastmed_outputs(item if item.is_dir() else item.parent)
+        for p in _listed_files(item):
+            if p.name in own and p.is_file(): skipped.append(p)
+            elif p.resolve() not in seen: seen.add(p.resolve()); sources.append(p)
+    return sources, skipped
 
 # %% ../nbs/18_cli.ipynb #31ecdfc6
+def _check_apart(out_dir: Path, inputs):
+    "Error naming `out_dir` if it is an input, lies inside an input folder, or holds an input."
+    out = out_dir.resolve()
+    for item in map(Path, inputs):
+        src = item.resolve()
+        why = ('is also an input' if out == src else f'holds the input {item}' if src.is_relative_to(out) else
+               f'lies inside the input folder {item}' if out.is_relative_to(src) else None)
+        if why: raise MedicalInputError(out_dir, f"output folder {why}: masks would be written among the scans (and read "
+                                                 "as scans next time); choose a folder of its own")
+
+# %% ../nbs/18_cli.ipynb #ec13a283
+def _mask_name(path: Path, depth: int, hashed: bool) -> str:
+    "`<last depth folders>_<scan>_pred.nii.gz`, or `<scan>_<hash of the path>_pred.nii.gz` if `hashed`."
+    if hashed: return _pred_name(path).replace('_pred.nii.gz', f"_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}_pred.nii.gz")
+    return '_'.join([*path.parts[len(path.parts) - 1 - depth:-1], _pred_name(path)])
+
+def _clashes(names) -> set:
+    "Positions of the names that another name equals, ignoring case."
+    counts = Counter(n.casefold() for n in names)
+    return {i for i, n in enumerate(names) if counts[n.casefold()] > 1}
+
+# %% ../nbs/18_cli.ipynb #f10ad16a
+def output_names(sources) -> list:
+    "A distinct mask file name per source: `<name>_pred.nii.gz`, clashing ones prefixed by the folders that tell them apart."
+    paths = [Path(s).absolute() for s in sources]
+    depth, hashed = [0] * len(paths), [False] * len(paths)
+    names = [_mask_name(p, 0, False) for p in paths]
+    while (clash := _clashes(names)) and not all(hashed[i] for i in clash):
+        for i in clash:
+            twins = [j for j in clash if j != i and names[j].casefold() == names[i].casefold()]
+            if any(paths[j].parent == paths[i].parent for j in twins) or depth[i] >= len(paths[i].parts) - 2: hashed[i] = True
+            else: depth[i] += 1
+        names = [_mask_name(p, d, h) for p, d, h in zip(paths, depth, hashed)]
+    return names
+
+# %% ../nbs/18_cli.ipynb #1a0f3df8
 _INPUT_ERRORS = (MedicalInputError, OSError, EOFError, RuntimeError, ValueError)  # what one bad input may raise
 
-def predict_one(model, source, out_dir: Path, tta: bool = False, keep_largest: bool = False) -> dict:
-    "Predict `source`, write `<name>_pred.nii.gz` into `out_dir`; a row: input, output, mL per label (or the error)."
+def _threshold(model) -> float:
+    "The foreground threshold `model` decodes one-channel outputs with: its contract's, or 0.5 for a Learner."
+    return model.threshold if isinstance(model, MedModel) else 0.5
+
+def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool = False) -> dict:
+    "Predict `source`, write the mask to `target`; a row: input, output, mL per label (or the error)."
     try:
-        mask = predict_volume(model, source, tta=tta)  # a MedModel, or a Learner from a trusted pickle
+        mask = predict_volume(model, source, _threshold(model), tta=tta)  # a MedModel, or a Learner from a trusted pickle
         if keep_largest: mask = keep_largest_component(mask)
-        written = save_medical(mask, out_dir / _pred_name(source))
+        written = save_medical(mask, target)
     except _INPUT_ERRORS as e:
         return {'input': str(source), 'output': None, 'error': str(e).splitlines()[0]}
     volumes = {f'ml_{label}': round(ml, 4) for label, ml in sorted(label_volumes(mask).items()) if label != 0}
@@ -57,15 +112,24 @@ def _check_writable(out_dir: Path):
     except OSError as e: raise MedicalInputError(out_dir, f"output folder is not writable ({e.strerror or e})") from e
 
 # %% ../nbs/18_cli.ipynb #927755f4
+def _check_segmentation(model, name):
+    "Error naming the model file unless it is a segmentation model (or a Learner, which has no contract to ask)."
+    task = model.contract['output']['task'] if isinstance(model, MedModel) else 'segmentation'
+    if task != 'segmentation': raise MedicalInputError(name, f"is a {task} model; fastmed predict writes segmentation masks")
+
 def predict_command(args) -> int:
     "Run `fastmed predict`; 0 if every input was predicted, 1 if some failed."
     out_dir = Path(args.output)
+    _check_apart(out_dir, args.inputs)
+    sources, skipped = expand_inputs(args.inputs)
+    if not sources: raise MedicalInputError('inputs', f"nothing to predict: the {len(skipped)} file(s) given are masks fastmed predict wrote")
     _check_writable(out_dir)
     model = load_model(args.model, allow_pickle=args.allow_pickle)
-    rows = [predict_one(model, src, out_dir, args.tta, args.keep_largest)
-            for src in progress_bar(expand_inputs(args.inputs), display=not args.quiet)]
-    table = pd.DataFrame(rows)
-    _write_csv(table, out_dir / 'volumes.csv')
+    _check_segmentation(model, args.model)
+    if skipped: print(f"skipped {len(skipped)} file(s) that fastmed predict wrote (e.g. {skipped[0]})")
+    rows = [predict_one(model, src, out_dir / name, args.tta, args.keep_largest)
+            for src, name in progress_bar(list(zip(sources, output_names(sources))), display=not args.quiet)]
+    _write_csv(pd.DataFrame(rows), out_dir / 'volumes.csv')
     for r in rows:
         if r['error']: print(f"fastmed: error: {r['error']}", file=sys.stderr)
     done = sum(r['error'] is None for r in rows)
@@ -75,6 +139,7 @@ def predict_command(args) -> int:
 # %% ../nbs/18_cli.ipynb #4f3f7afd
 def summary_command(args) -> int:
     "Run `fastmed summary`: print the dataset summary, the suggested preprocessing and failed files."
+    if args.workers < 1: raise MedicalInputError('--workers', f"expected a positive number of threads, got {args.workers}")
     ds = MedDataset(path=args.folder, masks=args.masks, max_workers=args.workers)
     spacing, reorder = ds.suggestion()
     with pd.option_context('display.width', 200, 'display.max_columns', 20, 'display.max_colwidth', 60):
@@ -98,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser('predict', help='predict masks with a saved model (safetensors + JSON)')
     p.add_argument('model', help='model name, .json or .safetensors file written by save_model')
     p.add_argument('inputs', nargs='+', help='image files, folders of image files, or DICOM series folders')
-    p.add_argument('-o', '--output', required=True, help='folder for <name>_pred.nii.gz masks and volumes.csv')
+    p.add_argument('-o', '--output', required=True,
+                   help='folder for <name>_pred.nii.gz masks and volumes.csv; apart from the inputs (not one, in one, or holding one)')
     p.add_argument('--tta', action='store_true', help='flip test-time augmentation')
     p.add_argument('--keep-largest', action='store_true', help='keep the largest connected component of each label')
     p.add_argument('--allow-pickle', action='store_true', help='load a pickled fastai export (trusted files only)')

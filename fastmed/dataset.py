@@ -6,7 +6,7 @@ Docs: https://fastmed.github.io/fastmed/dataset.html.md"""
 
 # %% ../nbs/10_dataset.ipynb #5dce88ca
 from __future__ import annotations
-import io, math
+import io, math, os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import numpy as np
@@ -90,12 +90,24 @@ def read_header(path, # a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file
                 affine=affine)
 
 # %% ../nbs/10_dataset.ipynb #1a9869c6
+def _walk_files(folder: Path) -> list:
+    "Every file under `folder`, following folder symlinks; each real folder is visited once (no loops, no doubles)."
+    seen, out = set(), []
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        dirs.sort()  # a deterministic walk: which of two links to one folder is kept does not depend on the OS
+        real = os.path.realpath(root)
+        if real in seen: dirs.clear(); continue
+        seen.add(real)
+        out.extend(Path(root) / f for f in files)
+    return out
+
+# %% ../nbs/10_dataset.ipynb #c8ccc10f
 def _image_files(folder, name='path') -> list:
     "Image files under `folder` (recursive, sorted, hidden files skipped); `MedicalInputError` if there are none."
     folder = Path(folder)
     if not folder.exists(): raise MedicalInputError(folder, f"does not exist ({name} must be a folder of images)")
     if not folder.is_dir(): raise MedicalInputError(folder, f"is not a folder ({name} must be a folder; use img_list for files)")
-    files = sorted(p for p in folder.rglob('*') if _image_name(p) and not p.name.startswith('.') and p.is_file())
+    files = sorted(p for p in _walk_files(folder) if _image_name(p) and not p.name.startswith('.') and p.is_file())
     if not files: raise MedicalInputError(folder, "holds no image files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd)")
     return files
 

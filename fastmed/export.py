@@ -6,7 +6,7 @@ Docs: https://fastmed.github.io/fastmed/export.html.md"""
 
 # %% ../nbs/17_export.ipynb #032cb14e
 from __future__ import annotations
-import hashlib, importlib, inspect, json, os, tempfile
+import hashlib, importlib, inspect, json, math, os, re, tempfile
 from pathlib import Path
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from .core import MedImage, MedMask, normalize_spacing
 from . import transforms as fmt
 from .inference import LearnerPredictor, _image_reader, predict_volume, load_variables
 from .interpret import _predicts_masks
+from .checkpoint import _nonfinite_report
 
 # %% auto #0
 __all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'build_model', 'architecture_spec',
@@ -35,7 +36,10 @@ def _network_class(name: str):
     module = module or 'monai.networks.nets'
     if not any(module == m or module.startswith(m + '.') for m in ALLOWED_NETWORK_MODULES):
         raise MedicalInputError(f"architecture class={name!r}: only networks from {', '.join(ALLOWED_NETWORK_MODULES)} are built")
-    cls = getattr(importlib.import_module(module), attr, None)
+    try: cls = getattr(importlib.import_module(module), attr, None)
+    except ImportError as e:
+        why = f"no module named {module!r}" + ('' if e.name == module else f" ({e.msg})")
+        raise MedicalInputError(f"architecture class={name!r}: {why}") from e
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise MedicalInputError(f"architecture class={name!r}: no such network class in {module}")
     return cls
@@ -138,7 +142,8 @@ def transform_from_spec(spec: dict):
     if kwargs.get('masking_method') == 'nonzero_voxels': kwargs['masking_method'] = fmt.nonzero_voxels
     for key in ('out_min_max', 'in_min_max', 'percentiles'):
         if kwargs.get(key) is not None: kwargs[key] = tuple(kwargs[key])
-    return getattr(fmt, name)(**kwargs)
+    try: return getattr(fmt, name)(**kwargs)
+    except TypeError as e: raise MedicalInputError(f"transform {name}: arguments {spec.get('kwargs')} do not fit ({e})") from e
 
 # %% ../nbs/17_export.ipynb #b9ce408e
 MODEL_FORMAT, MODEL_FORMAT_VERSION = 'fastmed-model', 1
@@ -216,11 +221,13 @@ def save_model(learn, # a trained `Learner`
     if isinstance(learn, (str, Path)) or not hasattr(learn, 'dls'):
         raise MedicalInputError(f"learn={type(learn).__name__}: fastmed's save_model(learn, path) takes a Learner "
                                 "(fastai's checkpoint function is fastai.learner.save_model)")
+    weights, contract_path = _model_paths(path)
+    report = _nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
+    if report: raise MedicalInputError(weights, f"not written: the network's {report}; the training diverged")
     contract = model_contract(learn, arch, class_names, threshold, roi_size)
     device = _device(learn.model)
     try: _check_rebuilt(learn.model, contract)
     finally: learn.model.to(device)
-    weights, contract_path = _model_paths(path)
     network = getattr(learn.model, 'module', learn.model)
     with atomic_write(weights) as tmp_weights, atomic_write(contract_path) as tmp_contract:
         _save_safetensors(network, tmp_weights)
@@ -249,9 +256,14 @@ class MedModel:
         "Probabilities from logits (the contract's sigmoid or softmax)."
         return torch.sigmoid(logits) if self.contract['output']['activation'] == 'sigmoid' else logits.softmax(1)
 
+    @property
+    def threshold(self) -> float:
+        "Foreground probability threshold of one-channel outputs, from the contract (what every prediction uses)."
+        return float(self.contract['output']['threshold'])
+
     def predict(self, source, tta: bool = False) -> MedMask:
         "Predicted mask of `source` on its own grid (`predict_volume` with the contract's threshold)."
-        return predict_volume(self, source, self.contract['output']['threshold'], tta=tta)
+        return predict_volume(self, source, self.threshold, tta=tta)
 
     def __repr__(self):
         a, w = self.contract['architecture'], self.window
@@ -259,6 +271,57 @@ class MedModel:
                 f"resample={self.resample}, window={w['roi_size'] if w else None})")
 
 # %% ../nbs/17_export.ipynb #30aebb99
+def _is_count(v) -> bool: return type(v) is int and v >= 1
+def _is_number(v) -> bool: return type(v) in (int, float) and math.isfinite(v)
+
+def _is_spacing(v) -> bool:
+    "null, a positive number, or 3 of them (a contract's `input.resample`)."
+    return v is None or (_is_number(v) and v > 0) or (isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v))
+
+def _is_window(v) -> bool:
+    "null, or a sliding window {roi_size: 3 positive integers, sw_batch_size: positive integer, overlap in [0, 1)}."
+    if v is None: return True
+    roi = v.get('roi_size') if isinstance(v, dict) else None
+    return (isinstance(roi, list) and len(roi) == 3 and all(map(_is_count, roi)) and _is_count(v.get('sw_batch_size'))
+            and _is_number(v.get('overlap')) and 0 <= v['overlap'] < 1)
+
+# %% ../nbs/17_export.ipynb #c94dc2ba
+_CONTRACT_FIELDS = (  # (entry, check, what it must be); an entry's parent comes before it
+    ('architecture', lambda v: isinstance(v, dict), 'an object'),
+    ('architecture.class', lambda v: isinstance(v, str) and v != '', 'a network class name'),
+    ('architecture.kwargs', lambda v: isinstance(v, dict), "an object: the network's constructor arguments"),
+    ('input', lambda v: isinstance(v, dict), 'an object'),
+    ('input.channels', _is_count, 'a positive integer'),
+    ('input.shape', lambda v: isinstance(v, list) and len(v) == 4 and all(map(_is_count, v)), '4 positive integers (C, X, Y, Z)'),
+    ('input.reorder', lambda v: isinstance(v, bool), 'true or false'),
+    ('input.resample', _is_spacing, 'null, or a spacing in mm (one or 3 positive numbers)'),
+    ('input.transforms', lambda v: isinstance(v, list) and all(isinstance(t, dict) for t in v), 'a list of transform objects'),
+    ('inference', lambda v: isinstance(v, dict), 'an object'),
+    ('inference.window', _is_window, 'null, or {roi_size: 3 positive integers, sw_batch_size: a positive integer, overlap: in [0, 1)}'),
+    ('output', lambda v: isinstance(v, dict), 'an object'),
+    ('output.task', lambda v: v in ('segmentation', 'classification', 'regression'), '"segmentation", "classification" or "regression"'),
+    ('output.channels', _is_count, 'a positive integer'),
+    ('output.activation', lambda v: v in ('sigmoid', 'softmax'), '"sigmoid" or "softmax"'),
+    ('output.threshold', lambda v: _is_number(v) and 0 <= v <= 1, 'a probability in [0, 1]'),
+    ('output.class_names', lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)), 'null or a list of names'),
+    ('weights', lambda v: isinstance(v, dict), 'an object'),
+    ('weights.sha256', lambda v: isinstance(v, str) and re.fullmatch('[0-9a-fA-F]{64}', v) is not None, 'a SHA-256 digest (64 hex digits)'),
+)
+
+def _check_contract(contract: dict, path: Path):
+    "Error naming `path` and the entry if an entry of `contract` is missing or not what `save_model` writes."
+    for key, ok, expected in _CONTRACT_FIELDS:
+        parent, name = contract, key
+        if '.' in key: prefix, name = key.rsplit('.', 1); parent = _entry(contract, prefix)
+        if name not in parent: raise MedicalInputError(path, f"{key} is missing: expected {expected}")
+        if not ok(parent[name]): raise MedicalInputError(path, f"{key}={json.dumps(parent[name])[:80]}: expected {expected}")
+
+def _entry(contract: dict, key: str):
+    "The entry `key` ('input.channels') of `contract`."
+    for k in key.split('.'): contract = contract[k]
+    return contract
+
+# %% ../nbs/17_export.ipynb #6f9540c9
 def _holds_pickle(path: Path) -> bool:
     "True if `path` starts like a pickle (protocol 2-5) or a zip (what `torch.save` writes, a pickle inside)."
     with open(path, 'rb') as f: head = f.read(4)
@@ -276,10 +339,14 @@ def _read_contract(path: Path) -> dict:
     if not isinstance(contract, dict) or contract.get('format') != MODEL_FORMAT:
         raise MedicalInputError(path, f"not a fastmed model contract (format is not {MODEL_FORMAT!r})")
     version = contract.get('format_version')
-    if not isinstance(version, int) or version > MODEL_FORMAT_VERSION:
+    if type(version) is not int or version < 1:
+        raise MedicalInputError(path, f"format_version={json.dumps(version)}: expected a version number of the fastmed "
+                                      f"model format (1 to {MODEL_FORMAT_VERSION})")
+    if version > MODEL_FORMAT_VERSION:
         raise MedicalInputError(path, f"model format version {version} was written by a newer fastmed "
                                       f"({contract.get('fastmed_version')}); this fastmed {fastmed.__version__} reads "
                                       f"version {MODEL_FORMAT_VERSION}: upgrade fastmed")
+    _check_contract(contract, path)
     return contract
 
 # %% ../nbs/17_export.ipynb #835c40ea
@@ -294,6 +361,73 @@ def _load_pickled(path, allow_pickle: bool):
     return load_learner(path, cpu=not torch.cuda.is_available())
 
 # %% ../nbs/17_export.ipynb #e77eb939
+def _weights_header(weights: Path) -> dict:
+    "{name: shape} of the tensors in the safetensors file `weights`, from its header alone (no tensor is read)."
+    try:
+        with safe_open(str(weights), framework='pt') as f: return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e: raise MedicalInputError(weights, f"not a safetensors file ({' '.join(str(e).split())[:200]})") from e
+
+def _check_fits(probe: nn.Module, header: dict, contract_path: Path, weights: Path):
+    "Error naming the contract if the (meta-device) network `probe` has more numbers than `weights`, or other shapes."
+    state = probe.state_dict(keep_vars=True)
+    n_net = sum(t.numel() for t in {id(t): t for t in state.values()}.values())  # tied weights count once
+    n_file = sum(math.prod(shape) for shape in header.values())
+    if n_net > n_file:
+        raise MedicalInputError(contract_path, f"architecture builds a network of {n_net:,} numbers but {weights.name} "
+                                               f"holds {n_file:,}: the contract does not describe these weights")
+    bad = next((k for k, shape in header.items() if k in state and tuple(state[k].shape) != shape), None)
+    if bad: raise MedicalInputError(contract_path, f"architecture gives {bad} the shape {tuple(state[bad].shape)} but "
+                                                   f"{weights.name} holds {header[bad]}: the contract does not describe these weights")
+
+# %% ../nbs/17_export.ipynb #0705b997
+def _kwargs_problem(cls, kwargs: dict) -> str | None:
+    "What is wrong with `kwargs` as the constructor arguments of `cls` (unknown names first, numbers in quotes), or None."
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in kwargs if k not in params]
+        if unknown: return f"{cls.__name__} takes no argument {', '.join(map(repr, unknown))} (renamed or removed?)"
+    try: inspect.signature(cls).bind(**kwargs)
+    except TypeError as e: return f"{cls.__name__}: {e}"
+    quoted = [k for k, v in kwargs.items() if isinstance(v, str) and re.fullmatch(r'[+-]?\d+(\.\d*)?', v.strip())]
+    if quoted: return f"{quoted[0]}={json.dumps(kwargs[quoted[0]])} is a number in quotes; write it without them"
+
+def _build_network(contract: dict, contract_path: Path, weights: Path) -> nn.Module:
+    "The contract's network, its arguments and size checked (on the meta device) before it is built."
+    arch = contract['architecture']
+    try: cls = _network_class(arch['class'])
+    except MedicalInputError as e: raise MedicalInputError(contract_path, str(e)) from e
+    problem = _kwargs_problem(cls, arch['kwargs'])
+    if problem: raise MedicalInputError(contract_path, f"architecture.kwargs: {problem}")
+    try:
+        with torch.device('meta'): probe = cls(**arch['kwargs'])
+    except Exception: probe = None  # networks that compute numbers while being built: left to the strict load
+    if probe is not None: _check_fits(probe, _weights_header(weights), contract_path, weights)
+    try: return cls(**arch['kwargs'])
+    except Exception as e: raise MedicalInputError(contract_path, f"architecture {cls.__name__} cannot be built from "
+                                                                  f"its kwargs ({type(e).__name__}: {e})") from e
+
+# %% ../nbs/17_export.ipynb #14ecadca
+def _is_checkpoint(path: Path) -> bool:
+    "True if `path` is a safetensors file written by `save_checkpoint` (its metadata holds the checkpoint)."
+    try:
+        with safe_open(str(path), framework='pt') as f: return 'fastmed_checkpoint' in (f.metadata() or {})
+    except Exception: return False
+
+def _check_model_files(path: Path, weights: Path, contract_path: Path):
+    "Errors for a folder, a training checkpoint, a missing file, or weights that are not safetensors."
+    if path.is_dir():
+        found = ', '.join(sorted(p.name for p in path.glob('*.json'))[:5]) or 'none here'
+        raise MedicalInputError(path, f"is a folder; name the model's .json contract in it ({found})")
+    if not contract_path.is_file() and weights.is_file() and _is_checkpoint(weights):
+        raise MedicalInputError(weights, "is a training checkpoint (CheckpointCallback), not a saved model: resume it or "
+                                         "load it with load_checkpoint(learn, path), then save_model(learn, name)")
+    for p in (contract_path, weights):
+        if not p.is_file(): raise MedicalInputError(p, "file not found (a fastmed model is a .json contract plus .safetensors weights)")
+    if not _is_safetensors(weights):
+        if _holds_pickle(weights): _refuse_pickle(weights)
+        raise MedicalInputError(weights, "not a safetensors file")
+
+# %% ../nbs/17_export.ipynb #cab63175
 def load_model(path, # model name, its .json or .safetensors file; or a pickled export with allow_pickle=True
                allow_pickle: bool = False, # load pickled fastai exports (they can run code: trusted files only)
                device=None, # where to put the network; None: CUDA if available, else CPU
@@ -302,19 +436,18 @@ def load_model(path, # model name, its .json or .safetensors file; or a pickled 
     path = Path(path)
     if path.is_file() and path.suffix not in ('.json', '.safetensors') and _holds_pickle(path): return _load_pickled(path, allow_pickle)
     weights, contract_path = _model_paths(path)
-    for p in (contract_path, weights):
-        if not p.is_file(): raise MedicalInputError(p, "file not found (a fastmed model is a .json contract plus .safetensors weights)")
-    if not _is_safetensors(weights):
-        if _holds_pickle(weights): _refuse_pickle(weights)
-        raise MedicalInputError(weights, "not a safetensors file")
+    _check_model_files(path, weights, contract_path)
     contract = _read_contract(contract_path)
-    if _sha256(weights) != contract.get('weights', {}).get('sha256'):
+    if _sha256(weights) != contract['weights']['sha256'].lower():
         raise MedicalInputError(weights, f"weights do not match the checksum in {contract_path.name} (changed or corrupt)")
-    network = _network_class(contract['architecture']['class'])(**contract['architecture']['kwargs'])
+    network = _build_network(contract, contract_path, weights)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try: _load_safetensors(network, str(weights), strict=True, device=str(device))
-    except Exception as e: raise MedicalInputError(weights, f"weights do not fit {contract['architecture']['class']}: {e}") from e
-    return MedModel(network.to(device), contract)
+    except Exception as e: raise MedicalInputError(weights, f"weights do not fit {contract['architecture']['class']}: {' '.join(str(e).split())[:300]}") from e
+    report = _nonfinite_report(network.state_dict())
+    if report: raise MedicalInputError(weights, f"{report}: the model was saved from a training run that had diverged")
+    try: return MedModel(network.to(device), contract)
+    except ValueError as e: raise MedicalInputError(contract_path, f"input.transforms: {e}") from e
 
 # %% ../nbs/17_export.ipynb #e2bee4ee
 def load_system_resources(models_path, # folder holding the model and the variables file
