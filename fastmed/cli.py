@@ -83,14 +83,10 @@ def output_names(sources) -> list:
 # %% ../nbs/18_cli.ipynb #1a0f3df8
 _INPUT_ERRORS = (MedicalInputError, OSError, EOFError, RuntimeError, ValueError)  # what one bad input may raise
 
-def _threshold(model) -> float:
-    "The foreground threshold `model` decodes one-channel outputs with: its contract's, or 0.5 for a Learner."
-    return model.threshold if isinstance(model, MedModel) else 0.5
-
 def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool = False) -> dict:
     "Predict `source`, write the mask to `target`; a row: input, output, mL per label (or the error)."
     try:
-        mask = predict_volume(model, source, _threshold(model), tta=tta)  # a MedModel, or a Learner from a trusted pickle
+        mask = predict_volume(model, source, tta=tta)  # the contract's threshold (0.5 for a Learner from a trusted pickle)
         if keep_largest: mask = keep_largest_component(mask)
         written = save_medical(mask, target)
     except _INPUT_ERRORS as e:

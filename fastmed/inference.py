@@ -18,8 +18,8 @@ from .transforms import _size3
 from .patches import SlidingWindowValidation, sliding_window_logits
 
 # %% auto #0
-__all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predict_volume',
-           'inference', 'store_variables', 'load_variables']
+__all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predictor_threshold',
+           'predict_volume', 'inference', 'store_variables', 'load_variables']
 
 # %% ../nbs/07_inference.ipynb #9131aaef
 def _image_reader(dls) -> MedReader:
@@ -110,9 +110,17 @@ def native_probabilities(predictor, # a predictor (see `LearnerPredictor`) or a 
     return to_source_grid(probs, g, 'linear'), VolumeGeometry.from_source(g.source_affine, g.source_shape, g.source_path)
 
 # %% ../nbs/07_inference.ipynb #8f89d0f1
+def predictor_threshold(members) -> float:
+    "The foreground threshold the predictors in `members` carry (0.5 for those without one); they must agree."
+    found = {float(getattr(m, 'threshold', 0.5)) for m in members}
+    if len(found) > 1: raise MedicalInputError(f"threshold=None: the ensemble's models use different thresholds "
+                                               f"{sorted(found)}; pass one")
+    return found.pop()
+
+# %% ../nbs/07_inference.ipynb #abfa077e
 def predict_volume(learn, # a `Learner`, a model from `load_model`, or a list of them (an ensemble)
                    source, # image file, DICOM series folder or list of channel files
-                   threshold: float = 0.5, # probability above which a one-channel output is foreground
+                   threshold: float | None = None, # foreground probability of one-channel outputs; None: the predictors'
                    tta: bool = False, # flip test-time augmentation (each flip undone before averaging)
                    roi_size=None, # sliding-window size for Learners; None: their `SlidingWindowValidation` or whole volumes
                    sw_batch_size: int = 4, # windows per forward pass
@@ -126,6 +134,7 @@ def predict_volume(learn, # a `Learner`, a model from `load_model`, or a list of
     for member in members:
         probs, geometry = native_probabilities(_as_predictor(member, **window), source, tta)
         total = probs if total is None else total + probs
+    if threshold is None: threshold = predictor_threshold(members)
     return MedMask.from_data(decode_probabilities(total / len(members), threshold), geometry)
 
 # %% ../nbs/07_inference.ipynb #2ba96623
@@ -151,7 +160,7 @@ def inference(learn, # a `Learner`, a model from `load_model`, or a list of them
               resample=None, # idem, target spacing in mm
               fn=None, # image file, DICOM series folder or list of channel files
               save_path=None, # folder to write `<name>_pred.nii.gz` into (atomically); None: don't write
-              threshold: float = 0.5, # probability above which a one-channel output is foreground
+              threshold: float | None = None, # foreground probability of one-channel outputs; None: the model's
               tta: bool = False, # flip test-time augmentation
              ) -> MedMask:
     "Predict `fn` in native space and, if `save_path` is given, write `<name>_pred.nii.gz` there (atomically)."

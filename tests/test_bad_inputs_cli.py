@@ -30,7 +30,7 @@ from fastmed.io import write_nifti
 from fastmed.losses import CustomLoss
 from fastmed.export import build_model, save_model, load_model, _sha256
 from fastmed.checkpoint import CheckpointCallback, save_checkpoint, load_checkpoint, _read_checkpoint
-from fastmed.inference import predict_volume
+from fastmed.inference import predict_volume, inference
 
 
 # ---------------------------------------------------------------- makers
@@ -327,6 +327,9 @@ def test_cli_decodes_with_the_contract_threshold(tmp_path):
     # at 0.9 the foreground is x > 0.61: ramp positions 24..39 of 40; at 0.5 it would be x > 0.5: positions 20..39
     assert int(cli[0, :, 0, 0].sum()) == 16
     assert int(predict_volume(model, scan, 0.5)[0, :, 0, 0].sum()) == 20
+    # every other path to a prediction decodes the same way: predict_volume and inference without a threshold
+    assert torch.equal(predict_volume(model, scan).as_subclass(torch.Tensor), cli)
+    assert torch.equal(inference(model, fn=scan).as_subclass(torch.Tensor), cli)
 
 
 def test_summary_follows_a_symlinked_site(tmp_path):
