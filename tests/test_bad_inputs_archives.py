@@ -24,6 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from test_bad_inputs import file_states, assert_user_files_kept
 
 from test_downloads import add, closed_port, decathlon_tar, gz_nifti, medmnist_npz, serve  # noqa: F401 (serve: fixture)
 import fastmed.external as ext
@@ -379,12 +380,14 @@ def test_catalogue_is_complete():
 def test_bad_input(tmp_path, case):
     built = case.build(tmp_path, None)
     call, check = built if isinstance(built, tuple) else (built, None)
+    before = file_states(tmp_path)
     with pytest.raises(case.error) as info: call()
     msg = str(info.value)
     assert msg.strip() and '\n' not in msg, repr(msg)
     assert case.culprit in msg, f"{case.culprit!r} not named in {msg!r}"
     assert case.problem in msg, f"{case.problem!r} not in {msg!r}"
     assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+    assert_user_files_kept(tmp_path, before, getattr(case, "outputs", ()))  # no user file modified or deleted
     if check is not None: check()
 
 

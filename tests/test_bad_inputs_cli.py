@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_bad_inputs import file_states, assert_user_files_kept
 import torch
 from torch import nn
 from fastai.callback.core import Callback
@@ -261,6 +262,7 @@ def test_catalogue_rows():
 def test_bad_input(tmp_path, all_models, case):
     built = case.build(tmp_path, all_models)
     call, check = built if isinstance(built, tuple) else (built, None)
+    before = file_states(tmp_path)
     if case.stage == 'cli':
         status, out, err = call()
         assert status == case.error, (status, out, err)
@@ -271,6 +273,7 @@ def test_bad_input(tmp_path, all_models, case):
         msg = _one_line(str(info.value))
     assert case.culprit in msg, f"{case.culprit!r} not named in {msg!r}"
     assert case.problem in msg.replace(str(tmp_path), '<tmp>'), f"{case.problem!r} not in {msg!r}"
+    assert_user_files_kept(tmp_path, before, getattr(case, "outputs", ()))  # no user file modified or deleted
     if check is not None: check()
 
 
