@@ -37,8 +37,8 @@ readme: venv
 	$(BIN)/jupyter nbconvert --to markdown nbs/index.ipynb --output-dir . --output README --log-level WARN
 
 # The documentation site offline (Quarto is not needed; nbdev-docs builds the Quarto site where it exists):
-# home page and tutorials executed in offline mode (cached by notebook hash), one API page per module.
-# Open _site/html/index.html. See docs/build_docs.py.
+# home page, library notebooks and tutorials executed in offline mode (cached by notebook and library hash),
+# one API page per module. Open _site/html/index.html. See docs/README.md.
 docs: venv
 	$(BIN)/python docs/build_docs.py --strict
 

@@ -4,21 +4,28 @@ The site is MkDocs + mkdocs-material + mkdocs-jupyter, built from the same noteb
 with Quarto where Quarto exists:
 
 - home page: nbs/index.ipynb, executed;
+- library: every library notebook nbs/NN_*.ipynb, executed, in notebook order (nav section "Library"),
+  each page linking to its module's API page and back;
 - tutorials: nbs/tutorials/*.ipynb, executed in offline mode (FASTMED_OFFLINE=1: synthetic stand-ins);
 - API: one page per module fastmed/*.py, generated here from each module's `__all__` with `inspect`
   (signature, docstring, a parameter table whose descriptions are the notebooks' docments) and the prose
-  of the notebook cell that precedes each exported object. Library notebooks are not executed: their tests
-  run in `make test`, and everything the API pages show comes from the exported code.
+  of the notebook cell that precedes each exported object.
 
-The notebooks are saved without outputs, so the ones shown with outputs are executed by nbconvert in
-their own folder (as nbdev-test does), in parallel, and the executed copies are cached under
-_site/cache/ keyed by the hash of the notebook and of the library source: a warm build executes nothing.
-`--budget SECONDS` caps the execution time (the browser test uses it): a notebook not executed in time
-is rendered without outputs, with a note saying so. Everything is written under _site/ (git-ignored):
-_site/src (MkDocs' docs_dir), _site/html (the site), _site/cache, _site/screenshots (the browser test).
+The notebooks are saved without outputs, so they are executed here (nbclient, offline, each in its own
+folder as nbdev-test does), two at a time, and the executed copies are cached under _site/cache/ keyed
+by the hash of the notebook, of the library source and of the executor: a warm build executes nothing.
+A page shows a notebook as nbdev's site does (prose, code, outputs and figures; `#| hide` cells left out,
+show_doc calls hidden and their output shown), except that the `#| export` cells' code is shown too
+(nbdev's `rm_export` leaves it out): readers see the implementation next to its prose. Notebooks close their figures (`plt.close('all')`) to keep `nbdev-test`
+light; the executor shows a figure that a cell closes as its output (SHOW_CLOSED_FIGURES), where
+Jupyter would have dropped it.
+`--only GLOB[,GLOB]` executes only the uncached notebooks that match (the browser test executes a smoke
+subset), `--budget SECONDS` caps the execution time: a notebook not executed is rendered without outputs,
+with a note saying so. Everything is written under _site/ (git-ignored): _site/src (MkDocs' docs_dir),
+_site/html (the site), _site/cache, _site/screenshots (the browser test).
 """
 from __future__ import annotations
-import argparse, ast, hashlib, inspect, json, os, re, shutil, signal, subprocess, sys, time
+import argparse, ast, hashlib, html, inspect, json, os, re, shutil, signal, subprocess, sys, time
 from pathlib import Path
 from fastmed.io import atomic_write
 
@@ -30,6 +37,26 @@ REPO_URL = 'https://github.com/fastmed/fastmed/blob/main'
 DIRECTIVE = re.compile(r'^\s*#\|\s*(.*?)\s*$')
 NOT_RUN = ("> **Outputs not shown.** This page was built without running the notebook ({why}); "
            "`make docs` runs it in offline mode and shows its outputs.")
+# What the browser test executes: the home page and a small library notebook with a figure (show_batch)
+SMOKE_LIBRARY = '04_data.ipynb'
+SMOKE = f'index.ipynb,{SMOKE_LIBRARY}'
+API_LINK = "> API reference: [`fastmed.{mod}`]({href}), one entry per exported object."
+# Run (then removed) before a notebook's first cell: a figure that notebook code closes is displayed first,
+# so the page shows it; figures closed by the inline backend itself or by library code are not shown twice.
+SHOW_CLOSED_FIGURES = """\
+import sys as _sys, matplotlib.pyplot as _plt
+from matplotlib._pylab_helpers import Gcf as _Gcf
+from matplotlib.figure import Figure as _Figure
+from IPython.display import display as _display
+def _fastmed_docs_close(fig=None, _close=_plt.close):
+    if _sys._getframe(1).f_globals.get('__name__') == '__main__':
+        open_figs = [m.canvas.figure for m in _Gcf.get_all_fig_managers()]
+        shown = open_figs if fig == 'all' else [_plt.gcf()] if fig is None and open_figs else [fig]
+        for f in shown:
+            if isinstance(f, _Figure) and f in open_figs and f.axes: _display(f)
+    return _close(fig)
+_plt.close = _fastmed_docs_close
+"""
 
 # ---------------------------------------------------------------- notebooks
 
@@ -63,9 +90,14 @@ def nb_title(nb: dict, default: str) -> tuple[str, str]:
             return m.group(1).strip(), (s.group(1).strip() if s else '')
     return default, ''
 
+def library_notebooks() -> list[Path]:
+    "The library notebooks nbs/NN_*.ipynb, in notebook order."
+    return sorted(NBS.glob('[0-9]*.ipynb'))
+
 def page_notebooks() -> list[Path]:
-    "Notebooks shown as pages with their outputs: the home page and the tutorials."
-    return [p for p in [NBS/'index.ipynb', *sorted((NBS/'tutorials').glob('*.ipynb'))] if p.exists()]
+    "Notebooks shown as pages with their outputs: the home page, the library notebooks and the tutorials."
+    return [p for p in [NBS/'index.ipynb', *library_notebooks(), *sorted((NBS/'tutorials').glob('*.ipynb'))]
+            if p.exists()]
 
 # ---------------------------------------------------------------- execution (cached)
 
@@ -76,7 +108,7 @@ def library_hash() -> str:
     return h.hexdigest()[:16]
 
 def cache_path(nb: Path, lib_hash: str) -> Path:
-    key = hashlib.sha256(nb.read_bytes() + lib_hash.encode()).hexdigest()[:16]
+    key = hashlib.sha256(nb.read_bytes() + lib_hash.encode() + SHOW_CLOSED_FIGURES.encode()).hexdigest()[:16]
     return CACHE/nb.relative_to(NBS).parent/f'{nb.stem}-{key}.ipynb'
 
 def run_one(src: str, dst: str, cell_timeout: str):
@@ -88,8 +120,15 @@ def run_one(src: str, dst: str, cell_timeout: str):
         d = directives(cell)
         if cell.cell_type == 'code' and (d.get('eval') == 'false' or 'notest' in d):
             cell.metadata.setdefault('tags', []).append('skip-execution')
+    nb.cells.insert(0, nbformat.v4.new_code_cell(SHOW_CLOSED_FIGURES))
     NotebookClient(nb, timeout=int(cell_timeout), kernel_name='python3',
                    resources={'metadata': {'path': str(Path(src).parent)}}).execute()
+    del nb.cells[0]
+    for cell in nb.cells:  # numbered as if the setup cell had not run
+        if cell.cell_type != 'code': continue
+        if cell.execution_count: cell.execution_count -= 1
+        for out in cell.outputs:
+            if out.get('execution_count'): out['execution_count'] -= 1
     nbformat.write(nb, dst)
 
 def start_execution(nb: Path, part: Path, cell_timeout: int) -> subprocess.Popen:
@@ -111,10 +150,12 @@ def stop(proc: subprocess.Popen):
 def execute_all(nbs: list[Path], jobs: int, budget: float | None, cell_timeout: int, only: str = '') -> dict:
     "Executed copy (or the reason there is none) of each notebook: cached ones, then the rest (matching `only`) in parallel."
     lib_hash, status, todo = library_hash(), {}, []
+    globs = [g for g in only.split(',') if g]
     for nb in nbs:
         out = cache_path(nb, lib_hash)
         if out.exists(): status[nb] = ('cached', out)
-        elif only and not nb.match(only): status[nb] = ('not run', f'not cached, and only {only} was executed')
+        elif globs and not any(nb.match(g) for g in globs):
+            status[nb] = ('not run', f'not cached, and only {", ".join(globs)} executed')
         else: todo.append((nb, out))
     deadline = None if budget is None else time.monotonic() + budget
     running = {}
@@ -153,28 +194,57 @@ def _drop_stale(out: Path):
 NB_LINK = re.compile(r'(\]\(|href=["\'])([^)"\'#:]+\.ipynb)(#[^)"\']*)?')
 
 def site_links(md: str, page: Path) -> str:
-    "Relative links to notebooks made links to their pages: a tutorial's .html, a library notebook's API page."
-    mods = {nb.name: mod for mod, nb in module_notebooks() if nb}
+    "Relative links to notebooks made links to their pages (the site mirrors nbs/: 01_core.ipynb → 01_core.html)."
     def repl(m):
-        target = (page.parent/m.group(2)).resolve()
-        if target.name in mods and target.parent == NBS: target = NBS/'api'/f'{mods[target.name]}.html'
-        else: target = target.with_suffix('.html')
+        target = (page.parent/m.group(2)).resolve().with_suffix('.html')
         return m.group(1) + os.path.relpath(target, page.parent) + (m.group(3) or '')
     return NB_LINK.sub(repl, md)
 
+CODE_SPAN = re.compile(r'`([^`\n]+)`')
+
+def heading_code_html(md: str) -> str:
+    """Code spans in headings written as `<code>` HTML, so that the TOC links reach the headings.
+
+    mkdocs-jupyter builds a notebook's TOC from its markdown with every backtick span removed, while the
+    heading's id (nbconvert) keeps the span's text: "## `MedImage` and `MedMask`" got the TOC link #and and
+    the id medimage-and-medmask. With `<code>` both sides slugify the same text. Fenced code is left alone."""
+    out, fence = [], None
+    for line in md.split('\n'):
+        m = re.match(r'\s*(`{3,}|~{3,})', line)
+        if m and (fence is None or m.group(1).startswith(fence)): fence = None if fence else m.group(1)
+        elif fence is None and re.match(r'#{1,6}\s', line):
+            line = CODE_SPAN.sub(lambda c: f'<code>{html.escape(c.group(1), quote=False)}</code>', line)
+        out.append(line)
+    return '\n'.join(out)
+
+ATTR_LINK = re.compile(r'\[([^\]\n]+)\]\(([^)\s]+)\)\{((?:\s*[\w-]+="[^"]*")+)\s*\}')
+
+def attr_links(md: str) -> str:
+    "Quarto's `[text](url){key=\"value\"}` links (show_doc's source link) as HTML links with those attributes."
+    return ATTR_LINK.sub(lambda m: f'<a href="{html.escape(m.group(2))}" {m.group(3).strip()}>{m.group(1)}</a>', md)
+
+def markdown_outputs(outputs: list) -> list:
+    "`outputs` with their markdown (show_doc's) made renderable here: see `attr_links`."
+    def fix(o):
+        md = o.get('data', {}).get('text/markdown')
+        if md is None: return o
+        return {**o, 'data': {**o['data'], 'text/markdown': attr_links(''.join(md) if isinstance(md, list) else md)}}
+    return [fix(o) for o in outputs]
+
 def page_cells(nb: dict, note: str | None, page: Path) -> dict:
-    "`nb` as a page: nbdev directives honoured (hide, echo, output) and removed from the code shown."
+    "`nb` as a page: nbdev directives honoured (hide, echo, output) and removed from the code shown; `note` after the title."
     cells = []
     for cell in nb['cells']:
         d = directives(cell)
         if 'hide' in d or 'default_exp' in d or d.get('include') == 'false': continue
-        if cell['cell_type'] == 'markdown': cell = {**cell, 'source': site_links(cell_source(cell), page)}
+        if cell['cell_type'] == 'markdown': cell = {**cell, 'source': heading_code_html(site_links(cell_source(cell), page))}
         if cell['cell_type'] == 'code':
             lines = cell_source(cell).splitlines()
             while lines and DIRECTIVE.match(lines[0]): lines.pop(0)
             cell = {**cell, 'source': '\n'.join(lines)}
-            if d.get('echo') == 'false': cell['metadata'] = {**cell.get('metadata', {}), 'tags': ['hide-input']}
-            if d.get('output') == 'false': cell['outputs'] = []
+            if d.get('echo') == 'false' or re.search(r'^show_doc', cell['source'], re.M):  # nbdev hides show_doc calls too
+                cell['metadata'] = {**cell.get('metadata', {}), 'tags': ['hide-input']}
+            cell['outputs'] = [] if d.get('output') == 'false' else markdown_outputs(cell.get('outputs', []))
         cells.append(cell)
     if note:
         first = next((i for i, c in enumerate(cells) if c['cell_type'] == 'markdown'), -1)
@@ -182,13 +252,14 @@ def page_cells(nb: dict, note: str | None, page: Path) -> dict:
     return {**nb, 'cells': cells}
 
 def write_notebook_pages(status: dict) -> dict:
-    "Write each page notebook into the docs folder; its nav title."
-    titles = {}
+    "Write each page notebook into the docs folder (a library notebook with a link to its API page); its nav title."
+    titles, mods = {}, {nb: mod for mod, nb in module_notebooks() if nb}
     for nb, (state, val) in status.items():
         data = read_nb(val if state != 'not run' else nb)
-        note = NOT_RUN.format(why=val) if state == 'not run' else None
-        write_atomic(SRC/nb.relative_to(NBS), json.dumps(page_cells(data, note, nb)))
-        titles[nb] = nb_title(data, nb.stem)[0]
+        notes = [API_LINK.format(mod=mods[nb], href=os.path.relpath(NBS/'api'/f'{mods[nb]}.html', nb.parent))] if nb in mods else []
+        if state == 'not run': notes.append(NOT_RUN.format(why=val))
+        write_atomic(SRC/nb.relative_to(NBS), json.dumps(page_cells(data, '\n\n'.join(notes) or None, nb)))
+        titles[nb] = nb_title(data, nb.stem)[0].replace('`', '')
     return titles
 
 # ---------------------------------------------------------------- API pages
@@ -305,7 +376,8 @@ def module_markdown(mod: str, nb_path: Path | None) -> tuple[str, str, str]:
     own = [n for n in getattr(m, '__all__', []) if getattr(getattr(m, n, None), '__module__', m.__name__) == m.__name__]
     intro, prose = notebook_prose(nb_path, set(own))
     src = f'[{nb_path.relative_to(ROOT)}]({REPO_URL}/{nb_path.relative_to(ROOT)})' if nb_path else ''
-    head = [f'# {title}', f'`fastmed.{mod}`' + (f' · source notebook {src}' if src else ''), f'> {summary}', intro]
+    page = f' · [the notebook, executed](../{nb_path.relative_to(NBS).as_posix()})' if nb_path in library_notebooks() else ''
+    head = [f'# {title}', f'`fastmed.{mod}`' + page + (f' · source {src}' if src else ''), f'> {summary}', intro]
     if not own:
         imports = [l for l in (LIB/f'{mod}.py').read_text().splitlines() if re.match(r'(from|import) \S', l)]
         head.append('This module defines no objects of its own; it gathers:\n\n```python\n' + '\n'.join(imports) + '\n```')
@@ -349,7 +421,7 @@ def main(argv=None):
     ap.add_argument('--budget', type=float, default=None, help='seconds for executing notebooks (default: no cap)')
     ap.add_argument('--cell-timeout', type=int, default=900, help='seconds one cell may run')
     ap.add_argument('--no-execute', action='store_true', help='render notebooks without running them')
-    ap.add_argument('--only', default='', help='execute only the uncached notebooks matching this glob')
+    ap.add_argument('--only', default='', help='execute only the uncached notebooks matching these comma-separated globs')
     ap.add_argument('--strict', action='store_true', help='exit non-zero if a notebook fails to execute (the site is built all the same)')
     ap.add_argument('--run-one', nargs=3, metavar=('SRC', 'DST', 'CELL_TIMEOUT'), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -365,9 +437,11 @@ def main(argv=None):
     titles = write_notebook_pages(status)
     api_nav = write_api_pages()
     tutorials = [{titles[nb]: str(nb.relative_to(NBS))} for nb in nbs if nb.parent.name == 'tutorials']
-    nav = [{'Home': 'index.ipynb'}, *([{'Tutorials': tutorials}] if tutorials else []), {'API': api_nav}]
+    library = [{titles[nb]: nb.name} for nb in nbs if nb in library_notebooks()]
+    nav = [{'Home': 'index.ipynb'}, *([{'Tutorials': tutorials}] if tutorials else []),
+           *([{'Library': library}] if library else []), {'API': api_nav}]
     build_site(nav)
-    manifest = {'sources': sources_key(), 'notebooks': {str(nb.relative_to(NBS)): s for nb, (s, _) in status.items()},
+    manifest = {'sources': sources_key(), 'notebooks': {str(nb.relative_to(NBS)): status[nb][0] for nb in nbs},
                 'execute_s': round(t_exec, 1), 'total_s': round(time.monotonic() - t0, 1)}
     write_atomic(MANIFEST, json.dumps(manifest, indent=1))
     print(f'docs: site in {HTML.relative_to(ROOT)}/ ({manifest["total_s"]} s, executing {manifest["execute_s"]} s)')

@@ -1,9 +1,11 @@
 """The documentation site in a real browser: build it (or reuse a build of the same sources), serve it on
-127.0.0.1, open the home page, an API page and a tutorial in headless Chromium, follow every internal link.
+127.0.0.1, open the home page, a library notebook, an API page and a tutorial in headless Chromium, follow
+every internal link.
 
-A fresh build here executes only the home page (FASTMED_OFFLINE=1); the tutorials show the outputs of an
-executed copy cached by `make docs`, or are rendered without outputs (with a note), so the test stays
-near a minute whatever the tutorials cost. Screenshots go to _site/screenshots/.
+A fresh build here executes only a smoke subset (build_docs.SMOKE: the home page and 04_data, whose
+show_batch figure the library-page test checks; FASTMED_OFFLINE=1). The other notebooks show the outputs of an executed copy
+cached by `make docs`, or are rendered without outputs (with a note), so the test stays near a minute and
+a half whatever the notebooks cost. Screenshots go to _site/screenshots/.
 """
 import functools, http.server, json, os, re, shutil, subprocess, sys, threading, time
 from html.parser import HTMLParser
@@ -39,9 +41,10 @@ def _chromium() -> tuple[str, str] | str:
 def site() -> dict:
     "The built site's manifest: reused when built from the same sources, else built now."
     manifest = json.loads(build_docs.MANIFEST.read_text()) if build_docs.MANIFEST.exists() else {}
-    if manifest.get('sources') != build_docs.sources_key():
+    smoke_run = all(manifest.get('notebooks', {}).get(nb) in ('executed', 'cached') for nb in build_docs.SMOKE.split(','))
+    if manifest.get('sources') != build_docs.sources_key() or not smoke_run:
         t0 = time.monotonic()
-        r = subprocess.run([sys.executable, str(ROOT/'docs'/'build_docs.py'), '--only', 'index.ipynb',
+        r = subprocess.run([sys.executable, str(ROOT/'docs'/'build_docs.py'), '--only', build_docs.SMOKE,
                             '--budget', '240'], cwd=ROOT, capture_output=True, text=True, timeout=900)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         print(f'built the site in {time.monotonic() - t0:.0f} s')
@@ -103,6 +106,50 @@ def test_home_page(browser, server, site):
     assert re.search(r'\[1, \d+, \d+, \d+\]\) LPS', text), 'no printed output of the first-look cell'
     imgs = browser.find_elements('css selector', '.jp-OutputArea-output img')
     assert any(i.get_attribute('src').startswith('data:image/png') and i.size['width'] > 100 for i in imgs)
+
+
+def test_library_page(browser, server, site):
+    "A library notebook as a page: executed, prose and exported code shown, hidden cells left out, its figure rendered."
+    nbs = build_docs.library_notebooks()
+    nb = build_docs.NBS/build_docs.SMOKE_LIBRARY
+    mod = dict((n, m) for m, n in build_docs.module_notebooks())[nb]
+    assert len(nbs) >= 15 and nb in nbs and all(site['notebooks'][n.name] for n in nbs)
+    text = _open(browser, server + nb.with_suffix('.html').name, f'library_{mod}')
+    assert site['notebooks'][nb.name] in ('executed', 'cached')
+    cells = build_docs.read_nb(nb)['cells']
+    title, _ = build_docs.nb_title(build_docs.read_nb(nb), nb.stem)
+    assert browser.find_element('css selector', 'article h1').text == title.replace('`', '')
+    exported = [build_docs.cell_source(c) for c in cells if 'export' in build_docs.directives(c)]
+    first_def = next(l for c in exported for l in c.splitlines() if l.startswith(('def ', 'class ')))
+    assert first_def.split('(')[0].rstrip(':') in text, 'the #| export cells are shown'
+    assert '#|' not in text and 'default_exp' not in text, 'the directives and the #| hide cells are not'
+    assert 'show_doc(' not in text, 'show_doc calls are hidden (their outputs shown), as nbdev does'
+    assert 'Outputs not shown' not in text
+    # the "Library" section of the nav lists every library notebook, in notebook order
+    section = browser.find_element('xpath', '//nav[contains(@class, "md-nav--primary")]//li[.//label[normalize-space()="Library"]]')
+    hrefs = [a.get_attribute('href').rsplit('/', 1)[-1] for a in section.find_elements('css selector', 'a.md-nav__link')]
+    assert [h for h in hrefs if h.endswith('.html')] == [n.with_suffix('.html').name for n in nbs]
+    # a figure (show_batch: image + mask overlay): a PNG output, loaded, of real size and not blank
+    imgs = browser.find_elements('css selector', '.jp-OutputArea-output img')
+    assert imgs, 'no figure among the outputs'
+    stats = [browser.execute_script(
+        """const i = arguments[0], c = document.createElement('canvas');
+           if (!i.complete || !i.naturalWidth) return [i.naturalWidth, i.naturalHeight, 0];
+           c.width = i.naturalWidth; c.height = i.naturalHeight;
+           const ctx = c.getContext('2d'); ctx.drawImage(i, 0, 0);
+           const d = ctx.getImageData(0, 0, c.width, c.height).data, seen = new Set();
+           for (let k = 0; k < d.length; k += 4) seen.add(d[k] << 16 | d[k+1] << 8 | d[k+2]);
+           return [i.naturalWidth, i.naturalHeight, seen.size];""", i) for i in imgs]
+    big = [i for i, (w, h, colours) in zip(imgs, stats) if w >= 300 and h >= 150 and colours >= 16]
+    assert big, f'no loaded, non-trivial figure: (naturalWidth, naturalHeight, colours) = {stats}'
+    assert big[0].get_attribute('src').startswith('data:image/png') and big[0].size['width'] >= 150
+    # the page links to its API page, which links back
+    api = browser.find_element('css selector', f'article a[href="api/{mod}.html"]')
+    assert f'fastmed.{mod}' in api.text and api.get_attribute('href') == server + f'api/{mod}.html'
+    browser.get(api.get_attribute('href'))
+    back = browser.find_element('css selector', f'article a[href="../{nb.stem}.html"]')
+    assert back.get_attribute('href') == server + f'{nb.stem}.html'
+    print(f'{nb.name}: {len(imgs)} figures (naturalWidth, naturalHeight, colours) {stats}')
 
 
 def test_api_page_inference(browser, server):
