@@ -6,17 +6,20 @@ Docs: https://fastmed.github.io/fastmed/cli.html.md"""
 
 # %% ../nbs/18_cli.ipynb #00ebe442
 from __future__ import annotations
-import argparse, hashlib, os, sys, tempfile
+import argparse, hashlib, os, sys, tempfile, warnings
 from collections import Counter
 from pathlib import Path
 import pandas as pd
 from fastprogress.fastprogress import progress_bar
-from .io import MedicalInputError, atomic_write
-from .core import save_medical
-from .dataset import MedDataset, _image_name
-from .inference import predict_volume, _pred_name
-from .postprocess import keep_largest_component, label_volumes
-from .export import load_model, MedModel
+with warnings.catch_warnings():
+    for category in (FutureWarning, DeprecationWarning):  # third-party deprecations raised while fastai/MONAI import
+        warnings.simplefilter('ignore', category)
+    from fastmed.io import MedicalInputError, atomic_write
+    from fastmed.core import save_medical
+    from fastmed.dataset import MedDataset, _image_name
+    from fastmed.inference import predict_volume, _pred_name
+    from fastmed.postprocess import keep_largest_component, label_volumes
+    from fastmed.export import load_model, MedModel
 
 # %% auto #0
 __all__ = ['expand_inputs', 'output_names', 'predict_one', 'predict_command', 'summary_command', 'main']
