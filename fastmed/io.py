@@ -222,10 +222,11 @@ def _check_scaling(img, path):
     slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
     if (slope, inter) == (1., 0.): return
     raw = np.asarray(img.dataobj.get_unscaled(), dtype=np.float64)
-    with np.errstate(over='ignore'): top = float(np.abs(raw[np.isfinite(raw)] * slope + inter).max(initial=0))
-    if top > np.finfo(np.float32).max:
+    with np.errstate(over='ignore', invalid='ignore'): top = float(np.abs(raw[np.isfinite(raw)] * slope + inter).max(initial=0))
+    limit = float(np.finfo(np.float32).max)
+    if top > limit:
         raise MedicalInputError(path, f"scl_slope {slope:g} (scl_inter {inter:g}) scales its voxels up to {top:.3g}, "
-                                f"beyond float32's range (±{np.finfo(np.float32).max:.3g}): the header's scaling is wrong")
+                                f"beyond float32's range (±{limit:.3g}): the header's scaling is wrong")
 
 # %% ../nbs/00_io.ipynb #192d1add
 def read_nifti(
@@ -237,7 +238,9 @@ def read_nifti(
     img, raw, stored = _load_nifti(path)
     _check_voxel_type(raw.get_data_dtype(), path)
     _check_nifti_size(raw, path, stored)  # the raw header: nibabel's copy on `img` has its voxel offset reset to 0
-    try: arr = np.asarray(img.dataobj) if labels else np.asarray(img.dataobj, dtype=np.float32)
+    try:
+        with np.errstate(over='ignore'):  # a scaling that overflows float32 is reported below, by `_check_scaling`
+            arr = np.asarray(img.dataobj) if labels else np.asarray(img.dataobj, dtype=np.float32)
     except Exception as e: raise _read_failure(path, (_gzip_error(path) if stored is None else None) or e, 'NIfTI') from e
     data = _channels_first(arr, path)
     _check_spacing(raw['pixdim'][1:4], path)
