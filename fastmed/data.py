@@ -61,6 +61,7 @@ class MedReader(DisplayedTransform):
         return item
 
     def _refuse(self, source, c):
+        "Raise: `source` has `c` channels, not the first image's count."
         name = ', '.join(map(str, source)) if isinstance(source, (list, tuple)) else source
         n, first = self.reference
         raise MedicalInputError(name, f"has {c} channel{'s' if c != 1 else ''} ({'4D' if c > 1 else '3D'} image) but the first "
