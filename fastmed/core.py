@@ -105,7 +105,7 @@ def argmax_channels(x: torch.Tensor, # scores or probabilities
 
 # %% ../nbs/01_core.ipynb #4e9b4a8e
 def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> torch.Tensor:
-    "`data` rounded to int64 labels; error if any voxel is further than `tol` from an integer, or negative."
+    "`data` rounded to int64 labels; error if any voxel is further than `tol` from an integer, negative or above int32."
     labels = data.long()
     if data.is_floating_point():
         labels = torch.round(data)
@@ -115,10 +115,15 @@ def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> tor
             raise MedicalInputError(source or 'mask', f"mask has {int(bad.sum())} non-integer voxels (e.g. {example:.4g}); "
                                     "labels must be integers")
         labels = labels.long()
-    if labels.numel() and labels.min() < 0:
+    if not labels.numel(): return labels
+    lo, hi = (int(v) for v in torch.aminmax(labels))
+    if lo < 0:
         neg = labels < 0
         raise MedicalInputError(source or 'mask', f"mask has {int(neg.sum())} negative voxels (e.g. {int(labels[neg][0])}); "
                                 "labels must be 0 (background) or positive integers")
+    if hi > 2**31 - 1:
+        raise MedicalInputError(source or 'mask', f"mask has label {hi}, above 2147483647: label maps are resampled as int32, "
+                                "which would wrap it; renumber the labels")
     return labels
 
 # %% ../nbs/01_core.ipynb #a18cdb77
@@ -153,6 +158,11 @@ def resample_to_grid(data: torch.Tensor, affine, target_affine, target_shape, in
     return tfm(img).data
 
 # %% ../nbs/01_core.ipynb #ae375f83
+def _item_sources(items) -> tuple:
+    "The source path of each of `items` (None where unknown), in order."
+    return tuple(getattr(getattr(o, 'geometry', None), 'source_path', None) for o in items)
+
+# %% ../nbs/01_core.ipynb #388934ea
 class MedBase(TensorBase):
     "A 3D medical volume `(C, X, Y, Z)` carrying its own `VolumeGeometry`."
     is_mask, geometry = False, None  # defaults only: each instance sets its own geometry
@@ -169,8 +179,11 @@ class MedBase(TensorBase):
     def create(cls, source, reorder=None, resample=None, apply_reorder=None, target_spacing=None, expected_channels=None):
         "Read `source` (path, DICOM folder, or list of channel paths), reorient to RAS and resample if asked."
         reorient, spacing = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
-        data, affine = read_volume(source, expected_channels=expected_channels)
+        data, affine = read_volume(source, expected_channels=expected_channels, labels=cls.is_mask)
         path = ';'.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
+        if cls.is_mask and data.shape[0] != 1:
+            raise MedicalInputError(path, f"has {data.shape[0]} channels (a 4D file), a mask must be one 3D label map "
+                                    "(make multi-channel targets from it with a transform)")
         if cls.is_mask: data = to_integer_labels(data, path)
         geometry = VolumeGeometry.from_source(affine, data.shape[1:], path)
         if reorient: data, geometry = reorient_to_ras(data, geometry, cls.is_mask)
@@ -181,7 +194,10 @@ class MedBase(TensorBase):
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         # an image and a mask (or a fastai category) in one op: compute on plain tensors, keep the first's type
         if not all(issubclass(cls, t) for t in types): types = (torch.Tensor,)
-        return super().__torch_function__(func, types, args, kwargs)
+        res = super().__torch_function__(func, types, args, kwargs)
+        if func is torch.stack and isinstance(res, MedBase):  # collating a batch: remember each item's file
+            res.item_sources = _item_sources(args[0] if args else kwargs.get('tensors', ()))
+        return res
 
     def clone(self, *, memory_format=None):
         "A copy of the voxels with the same geometry (fastai's `clone` drops metadata)."

@@ -6,6 +6,8 @@ Docs: https://fastmed.github.io/fastmed/data.html.md"""
 
 # %% ../nbs/04_data.ipynb #58caabcb
 from __future__ import annotations
+import os
+import warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -13,21 +15,29 @@ import torch
 import matplotlib.pyplot as plt
 from plum import dispatch
 import fastai.interpret  # noqa: F401 -- register fastai's catch-all plot_top_losses before ours (see "Showing batches")
-from fastcore.basics import store_attr, detuplify
+from fastcore.basics import store_attr, detuplify, noop
 from fastcore.meta import delegates
 from fastai.data.block import DataBlock, TransformBlock, CategoryBlock, MultiCategoryBlock, RegressionBlock
-from fastai.data.core import DataLoaders, TfmdDL
+from fastai.data.core import DataLoaders, TfmdDL, Datasets
 from fastai.data.transforms import ColReader, ColSplitter, RandomSplitter, ItemTransform, DisplayedTransform
+from fastai.data.transforms import Categorize, MultiCategorize, RegressionSetup
 from fastai.vision.data import ImageBlock, get_grid
 from fastai.torch_core import TensorCategory
 from .io import MedicalInputError
 from .core import MedBase, MedImage, MedMask, resolve_preprocessing
+from .dataset import read_header
 
 # %% auto #0
-__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataBlock', 'MedImageDataLoaders', 'pair_image_mask_files',
-           'show_batch', 'show_results', 'plot_top_losses']
+__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock', 'MedImageDataLoaders',
+           'pair_image_mask_files', 'show_batch', 'show_results', 'plot_top_losses']
 
 # %% ../nbs/04_data.ipynb #0a9137d7
+def _channel_count(source) -> int:
+    "Channels of `source` from headers only: a list of files is one channel each, a folder (DICOM series) one."
+    if isinstance(source, (list, tuple)): return len(source)
+    return 1 if Path(source).is_dir() else read_header(source)['channels']
+
+# %% ../nbs/04_data.ipynb #7c6ce698
 class MedReader(DisplayedTransform):
     "Type transform that reads a volume as `cls`, reoriented/resampled with this reader's own settings."
     def __init__(self, cls=MedImage, # `MedImage` or `MedMask`
@@ -35,11 +45,27 @@ class MedReader(DisplayedTransform):
                  resample=None, # target spacing in mm (scalar = isotropic), None keeps the source spacing
                  expected_channels: int | None = None, # refuse images with another channel count
                 ):
-        self.cls, self.expected_channels = cls, expected_channels
+        self.cls, self.expected_channels, self.reference = cls, expected_channels, None
         self.reorder, self.resample = resolve_preprocessing(reorder, resample)
 
+    def setups(self, items):
+        "Note the channel count of the first image (header only) as the count every image must have."
+        self.reference = None
+        if self.cls is not MedImage or self.expected_channels is not None or not len(items): return
+        try: self.reference = (_channel_count(items[0]), items[0])
+        except (MedicalInputError, TypeError): pass  # reading that item will say what is wrong with it
+
     def encodes(self, source):
-        return self.cls.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.expected_channels)
+        item = self.cls.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.expected_channels)
+        if self.reference is not None and item.shape[0] != self.reference[0]: self._refuse(source, item.shape[0])
+        return item
+
+    def _refuse(self, source, c):
+        "Raise: `source` has `c` channels, not the first image's count."
+        name = ', '.join(map(str, source)) if isinstance(source, (list, tuple)) else source
+        n, first = self.reference
+        raise MedicalInputError(name, f"has {c} channel{'s' if c != 1 else ''} ({'4D' if c > 1 else '3D'} image) but the first "
+                                f"image '{first}' has {n}: all images need the same channels (expected_channels= sets the count)")
 
     def __repr__(self): return f"MedReader({self.cls.__name__}, reorder={self.reorder}, resample={self.resample})"
 
@@ -102,8 +128,138 @@ def _check_source(source, getters):
             if not ok: raise MedicalInputError(f"ColReader({col!r})", f"no such column in the DataFrame (columns: {list(source.columns)})")
 
 # %% ../nbs/04_data.ipynb #f55e83d4
+def _is_empty(v) -> bool:
+    "Whether a cell value is missing: None, NaN, pandas' NA or a blank string."
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+def _path_problem(v) -> str|None:
+    "Why cell value `v` is not an image path (or a list of them), or None if it is one."
+    if isinstance(v, (list, tuple)): return next(filter(None, map(_path_problem, v)), None) if v else "is an empty list"
+    if isinstance(v, os.PathLike): v = os.fspath(v)
+    if _is_empty(v): return f"is empty ({'a blank string' if isinstance(v, str) else 'NaN'}), an image path is needed"
+    return None if isinstance(v, str) else f"is {v} ({type(v).__name__}), not a file path"
+
+def _cell_problem(v, kind:str) -> str|None:
+    "Why cell value `v` cannot feed a block of `kind` ('path', 'regression', 'category', 'multicategory'), or None."
+    if kind == 'path': return _path_problem(v)
+    if isinstance(v, (list, tuple, np.ndarray)): return next(filter(None, (_cell_problem(o, kind) for o in v)), None)
+    if kind == 'multicategory': return "is empty (NaN): write '' for a row without labels" if _is_empty(v) and not isinstance(v, str) else None
+    if _is_empty(v): return f"is empty: every row needs a {'regression target' if kind == 'regression' else 'label'}"
+    if kind != 'regression': return None
+    if isinstance(v, str): return f"is the text {v!r}, not a number: make the column numeric (pd.to_numeric)"
+    if not isinstance(v, (int, float, np.number)): return f"is {v!r} ({type(v).__name__}), not a number"
+    return None if np.isfinite(v) else f"is {v}: regression targets must be finite numbers"
+
+# %% ../nbs/04_data.ipynb #d1d4beb1
+def _block_kind(type_tfms) -> str|None:
+    "What a block with these type transforms reads from its column: 'path', 'regression', 'category', 'multicategory' or None."
+    for t in type_tfms:
+        if isinstance(t, MedReader): return 'path'
+        if isinstance(t, RegressionSetup): return 'regression'
+        if isinstance(t, MultiCategorize): return 'multicategory'
+        if isinstance(t, Categorize): return 'category'
+    return None
+
+def _column_names(getter, df) -> list:
+    "Names of the DataFrame columns a `ColReader` reads (positions resolved), [] for other getters."
+    if not isinstance(getter, ColReader): return []
+    return [df.columns[c] if isinstance(c, int) else c for c in getter.cols]
+
+def _all_finite(col:pd.Series) -> bool:
+    "Whether `col` is a number column whose cells are all finite (vectorised; False for text, objects or lists)."
+    return pd.api.types.is_numeric_dtype(col) and bool(np.isfinite(col.to_numpy(dtype=float)).all())
+
+def _check_cells(df, getters, type_tfms):
+    "Refuse the first cell of a `ColReader` column that the block it feeds cannot use, naming column and row."
+    for getter, tfms in zip(getters, type_tfms):
+        kind = _block_kind(tfms)
+        for name in (_column_names(getter, df) if kind else []):
+            if kind == 'regression' and _all_finite(df[name]): continue
+            for row, v in df[name].items():
+                if problem := _cell_problem(v, kind): raise MedicalInputError(f"column '{name}', row {row!r}: {problem}")
+
+# %% ../nbs/04_data.ipynb #0f2c7ddd
+def _check_valid_col(df, col):
+    "Refuse a `valid_col` that is missing or not boolean (strings and empty cells are all true to `ColSplitter`)."
+    if not (col < len(df.columns) if isinstance(col, int) else col in df.columns):
+        raise MedicalInputError(f"valid_col={col!r}", f"no such column in the DataFrame (columns: {list(df.columns)})")
+    name = df.columns[col] if isinstance(col, int) else col
+    if df[name].dtype == bool: return
+    for row, v in df[name].items():
+        if not (isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, float, np.number)) and v in (0, 1))):
+            raise MedicalInputError(f"column '{name}', row {row!r}: is {v!r}, not True/False (ColSplitter would put the row in "
+                                    f"the {'validation' if bool(v) else 'training'} set): make valid_col boolean")
+
+# %% ../nbs/04_data.ipynb #b1e3e4c2
+class MedDataWarning(UserWarning):
+    "A data set that trains, but probably not as meant; the one-line message names what to look at."
+
+# %% ../nbs/04_data.ipynb #6f653081
+def _check_split_sizes(splits, n:int):
+    "Refuse a split that leaves nothing to train on; warn when it leaves nothing to validate on."
+    n_train, n_valid = len(splits[0]), (len(splits[1]) if len(splits) > 1 else 0)
+    if n and not n_train: raise MedicalInputError('splitter', f"put all {n} items in the validation set: none is left to train on")
+    if n and not n_valid:
+        warnings.warn(f"'splitter': the validation set is empty (0 of {n} items): no validation loss or metric will be computed; "
+                      "use more data or a larger valid_pct", MedDataWarning, stacklevel=4)
+
+def _warn_duplicates(df, getter, splits):
+    "Warn when an image (its path cells) is in both the training and the validation set."
+    names = _column_names(getter, df)
+    if not names or len(splits) < 2: return
+    keys = df[names[0]].astype(str)
+    for c in names[1:]: keys = keys + ';' + df[c].astype(str)
+    valid = keys.iloc[list(splits[1])]
+    both = valid[valid.isin(set(keys.iloc[list(splits[0])]))]
+    if len(both): warnings.warn(f"column '{names[0]}': {len(both)} validation image(s) are also in the training set (e.g. "
+                                f"'{both.iloc[0]}', row {both.index[0]!r}): the validation score will be optimistic; drop "
+                                "duplicate rows or split by image", MedDataWarning, stacklevel=4)
+
+def _check_classes(dsets, getters, df=None):
+    "Refuse a classification target whose training set holds fewer than two classes."
+    for tl, getter in zip(dsets.tls, getters):
+        for t in tl.tfms.fs:
+            if not isinstance(t, Categorize) or isinstance(t, MultiCategorize) or t.vocab is None: continue
+            classes, names = [v for v in t.vocab if v != '#na#'], (_column_names(getter, df) if df is not None else [])
+            if len(classes) < 2:
+                raise MedicalInputError(f"{f'column {names[0]!r}' if names else 'labels'}: has {len(classes)} class "
+                                        f"({', '.join(map(repr, classes))}) in the training set: a classifier needs at least two")
+
+# %% ../nbs/04_data.ipynb #9dc8aa36
+class MedDL(TfmdDL):
+    "fastai's `TfmdDL`, refusing to train on zero batches (`bs` above the training set) and warning if every mask is empty."
+    def __init__(self, dataset=None, bs=64, **kwargs):
+        if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+            raise MedicalInputError(f"bs={bs!r}", "expected a positive integer (items per batch)")
+        super().__init__(dataset, bs=bs, **kwargs)
+        self.check_masks = True
+
+    def _check_batches(self):
+        "Refuse to iterate when dropping the last incomplete batch leaves no batch at all."
+        n = self.n or 0
+        if self.drop_last and n and n < self.bs:
+            raise MedicalInputError(f"bs={self.bs}", f"is larger than the {n} training items and fastai drops the last incomplete "
+                                    f"training batch, so an epoch would train on nothing: use bs <= {n}")
+
+    def before_iter(self): super().before_iter(); self._check_batches()
+    def one_batch(self): self._check_batches(); return super().one_batch()
+
+    def __iter__(self):
+        pending, n, example = self.check_masks and getattr(self.dataset, 'split_idx', None) == 0, 0, None
+        for b in super().__iter__():
+            if pending and isinstance(b, tuple) and isinstance(b[-1], MedMask):
+                if b[-1].any(): pending = self.check_masks = False
+                else: n, example = n + len(b[-1]), b[-1]
+            yield b
+        if pending and example is not None:
+            self.check_masks = False
+            warnings.warn(f"'{example.source_path}': empty, like every mask of the {n} training items in an epoch (no label "
+                          "above 0): the model can only learn background; check the mask files and their labels", MedDataWarning)
+
+# %% ../nbs/04_data.ipynb #56b5d138
 class MedDataBlock(DataBlock):
     "A fastai `DataBlock` whose medical blocks reorient/resample with this block's own settings."
+    dl_type = MedDL  # a block's own `dl_type`, or the argument, still wins
     def __init__(self, blocks=None, dl_type=None, getters=None, n_inp=None, item_tfms=None, batch_tfms=None,
                  reorder=None, # reorient to RAS (old name)
                  resample=None, # target spacing in mm (old name)
@@ -121,9 +277,18 @@ class MedDataBlock(DataBlock):
                          batch_tfms=batch_tfms, **kwargs)
 
     def datasets(self, source, verbose: bool = False):
-        "fastai's `datasets`, after checking that a DataFrame `source` has rows and the columns the getters read."
+        "fastai's `datasets`, checking the DataFrame's columns and cells before and the split and classes after."
+        df = source if self.get_items is None and isinstance(source, pd.DataFrame) else None
         if self.get_items is None: _check_source(source, self.getters)
-        return super().datasets(source, verbose=verbose)
+        if df is not None: _check_cells(df, self.getters, self.type_tfms)
+        # fastai's `DataBlock.datasets`, with the split checked before `Datasets` sets up on the first training item
+        self.source, items = source, (self.get_items or noop)(source)
+        splits = (self.splitter or RandomSplitter())(items)
+        _check_split_sizes(splits, len(items))
+        if df is not None and _block_kind(self.type_tfms[0]) == 'path': _warn_duplicates(df, self.getters[0], splits)
+        dsets = Datasets(items, tfms=self._combine_type_tfms(), splits=splits, dl_type=self.dl_type, n_inp=self.n_inp, verbose=verbose)
+        _check_classes(dsets, self.getters, df)
+        return dsets
 
 # %% ../nbs/04_data.ipynb #7bb91bcd
 class MedImageDataLoaders(DataLoaders):
@@ -135,6 +300,7 @@ class MedImageDataLoaders(DataLoaders):
                 resample=None, apply_reorder=None, target_spacing=None, **kwargs):
         "Create from `df` using `fn_col` (image paths) and `label_col` (labels, values or mask paths)."
         if y_block is None: y_block = MultiCategoryBlock if label_delim is not None else CategoryBlock
+        if valid_col is not None: _check_valid_col(df, valid_col)
         splitter = RandomSplitter(valid_pct, seed=seed) if valid_col is None else ColSplitter(valid_col)
         pref = f"{Path(path) / folder}/" if folder is not None else ''
         dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), y_block), get_x=ColReader(fn_col, pref=pref, suff=suff),

@@ -7,6 +7,8 @@ Docs: https://fastmed.github.io/fastmed/io.html.md"""
 # %% ../nbs/00_io.ipynb #94d0e369
 from __future__ import annotations
 
+import io
+import math
 import os
 import secrets
 import re
@@ -116,39 +118,137 @@ def _fmt_affine(a) -> str:
     return '[' + '; '.join(' '.join(f'{v:.4g}' for v in row) for row in np.asarray(a)[:3]) + ']'
 
 # %% ../nbs/00_io.ipynb #264929b1
-def _c_float32(data) -> np.ndarray:
-    "`data` as a writeable C-contiguous float32 array; other layouts are copied 8 planes of the last axis at a time."
+def _c_array(data, dtype=np.float32) -> np.ndarray:
+    "`data` as a writeable C-contiguous array of `dtype`; other layouts are copied 8 planes of the last axis at a time."
     arr = np.asarray(data)
     if arr.flags.c_contiguous or arr.ndim < 2:
-        arr = arr.astype(np.float32, copy=False)
+        arr = arr.astype(dtype, copy=False)
         return arr if arr.flags.writeable else arr.copy()
-    out = np.empty(arr.shape, np.float32)
+    out = np.empty(arr.shape, dtype)
     for k in range(0, arr.shape[-1], 8): out[..., k:k + 8] = arr[..., k:k + 8]
     return out
 
-def _finish(data:np.ndarray, affine, name) -> tuple[torch.Tensor, np.ndarray]:
-    "Check `affine` and that all voxels are finite; return `(float32 tensor, float64 affine)`."
+def _label_dtype(dtype) -> type:
+    "The dtype a label map stored as `dtype` is read as: int64 for integers, float64 kept, other floats as float32."
+    dtype = np.dtype(dtype)
+    return np.int64 if dtype.kind in 'biu' else np.float64 if dtype == np.float64 else np.float32
+
+def _finish(data:np.ndarray, affine, name, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
+    "Check `affine` and that all voxels are finite; return `(tensor, float64 affine)`, float32 unless `labels`."
     affine = _check_affine(affine, name)
-    arr = _c_float32(data)
-    if not np.isfinite(arr).all():
+    arr = _c_array(data, _label_dtype(np.asarray(data).dtype) if labels else np.float32)
+    if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
         raise MedicalInputError(name, f"has {n_nan} NaN and {n_inf} Inf voxels (of {arr.size})")
     return torch.from_numpy(arr), affine
 
-# %% ../nbs/00_io.ipynb #d5425394
-def read_nifti(
-    path, # A `.nii` or `.nii.gz` file
-) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` float32 data and the `(4, 4)` voxel→RAS+ mm affine
-    "Read a NIfTI file with nibabel; a 3D file gives one channel, a 4D file's last axis becomes the channels."
-    path = _existing_file(path)
+# %% ../nbs/00_io.ipynb #f51fc8ea
+def _is_gzip(path) -> bool:
+    "Whether the file at `path` starts with the gzip magic bytes, whatever its name says."
+    with open(path, 'rb') as f: return f.read(2) == b'\x1f\x8b'
+
+def _nifti_class(head:bytes):
+    "`nib.Nifti1Image` or `nib.Nifti2Image` for a header starting with `head` (told by `sizeof_hdr`), else None."
+    sizes = {int.from_bytes(head[:4], 'little'), int.from_bytes(head[:4], 'big')}
+    return nib.Nifti2Image if 540 in sizes else nib.Nifti1Image if 348 in sizes else None
+
+# %% ../nbs/00_io.ipynb #2e16cf9f
+def _load_misnamed(path:Path, gz:bool) -> tuple:
+    "(image, raw header, size) of a NIfTI file whose compression (`gz`) is not what its suffix says, read from memory."
+    data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    klass = _nifti_class(data)
+    if klass is None:
+        what = "gzip data without a NIfTI header inside" if gz else "Not a gzipped file (no gzip magic bytes), nor plain NIfTI"
+        raise MedicalInputError(path, f"is not a readable NIfTI file: {what}")
+    return klass.from_bytes(data), klass.header_class.from_fileobj(io.BytesIO(data), check=False), len(data)
+
+def _load_nifti(path:Path) -> tuple:
+    "(nibabel image, raw unchecked header, uncompressed size if known) of `path`; no voxels are read yet."
+    gz = _is_gzip(path)
     try:
+        if gz != path.name.lower().endswith('.gz'): return _load_misnamed(path, gz)
         img = nib.load(path)
         with ImageOpener(path) as f: raw = type(img.header).from_fileobj(f, check=False)
-        arr = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e: raise _read_failure(path, _gzip_error(path) or e, 'NIfTI') from e
+        return img, raw, None
+    except MedicalInputError: raise
+    except Exception as e: raise _read_failure(path, (_gzip_error(path) if gz else None) or e, 'NIfTI') from e
+
+# %% ../nbs/00_io.ipynb #32017c74
+def _nbytes(n:int) -> str:
+    "`n` bytes in readable units: '400 B', '1.5 KiB', '29.8 GiB'."
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if n < 1024 or unit == 'TiB': return f"{n} B" if unit == 'B' else f"{n:.3g} {unit}"
+        n /= 1024
+
+def _stored_bytes(path:Path, need:int) -> tuple[int|None, bool]:
+    "(bytes `path` holds uncompressed, exact?): its size, or for gzip the trailer's ISIZE, or deflate's bound above 4 GiB."
+    size = path.stat().st_size
+    if not path.name.lower().endswith('.gz'): return size, True
+    if need >= 1 << 32: return (None, False) if size * 1032 >= need else (size * 1032, False)
+    with open(path, 'rb') as f:
+        f.seek(-4, os.SEEK_END); return int.from_bytes(f.read(4), 'little'), True
+
+def _gunzipped_size(path:Path, limit:int) -> int:
+    "Uncompressed bytes of gzip file `path`, counted by decompressing until `limit` is reached."
+    n = 0
+    try:
+        with gzip.open(path) as f:
+            while n < limit and (chunk := f.read(1 << 20)): n += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e: raise _read_failure(path, e, 'NIfTI') from e
+    return n
+
+# %% ../nbs/00_io.ipynb #96d5391e
+def _check_nifti_size(hdr, path:Path, stored:int|None=None):
+    "Refuse a NIfTI file that holds fewer voxel bytes than its header `hdr` declares, before anything is allocated."
+    shape, dtype, offset = hdr.get_data_shape(), hdr.get_data_dtype(), int(hdr.get_data_offset())
+    need = offset + math.prod(int(s) for s in shape) * dtype.itemsize
+    stored, exact = _stored_bytes(path, need) if stored is None else (stored, True)
+    if stored is None or stored >= need: return
+    if exact and path.name.lower().endswith('.gz'): stored = _gunzipped_size(path, need)  # ISIZE: last gzip member only
+    if stored >= need: return
+    raise MedicalInputError(path, f"is truncated: its header declares {'×'.join(map(str, shape))} {dtype} voxels "
+                            f"({_nbytes(need - offset)}) but the file holds {'' if exact else 'at most '}"
+                            f"{_nbytes(max(stored - offset, 0))} of voxel data")
+
+# %% ../nbs/00_io.ipynb #f52a7da5
+def _check_voxel_type(dtype, path):
+    "Refuse complex and multi-field (RGB) voxels, which a float32 read would silently cut or fail on."
+    dtype = np.dtype(dtype)
+    if dtype.kind == 'c':
+        raise MedicalInputError(path, f"holds complex ({dtype}) voxels, fastmed reads real-valued images: save the magnitude (np.abs) or the real and imaginary parts as channels")
+    if dtype.fields is not None or dtype.kind == 'V':
+        raise MedicalInputError(path, f"holds {len(dtype.fields or ()) or 'multi'}-field voxels ({', '.join(dtype.names or ())}, e.g. RGB), not one number per voxel: save the colours as channels of a 4D file")
+
+# %% ../nbs/00_io.ipynb #4b46a537
+def _check_scaling(img, path):
+    "Refuse `img` if its `scl_slope`/`scl_inter` push its finite stored values beyond float32's range."
+    slope, inter = float(img.dataobj.slope), float(img.dataobj.inter)
+    if (slope, inter) == (1., 0.): return
+    raw = np.asarray(img.dataobj.get_unscaled(), dtype=np.float64)
+    with np.errstate(over='ignore', invalid='ignore'): top = float(np.abs(raw[np.isfinite(raw)] * slope + inter).max(initial=0))
+    limit = float(np.finfo(np.float32).max)
+    if top > limit:
+        raise MedicalInputError(path, f"scl_slope {slope:g} (scl_inter {inter:g}) scales its voxels up to {top:.3g}, "
+                                f"beyond float32's range (±{limit:.3g}): the header's scaling is wrong")
+
+# %% ../nbs/00_io.ipynb #192d1add
+def read_nifti(
+    path, # A `.nii` or `.nii.gz` file (compressed or not, whatever the suffix says)
+    labels:bool=False, # Label map: read integer voxels exactly as int64 instead of float32
+) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` data and the `(4, 4)` voxel→RAS+ mm affine
+    "Read a NIfTI file with nibabel; a 3D file gives one channel, a 4D file's last axis becomes the channels."
+    path = _existing_file(path)
+    img, raw, stored = _load_nifti(path)
+    _check_voxel_type(raw.get_data_dtype(), path)
+    _check_nifti_size(raw, path, stored)  # the raw header: nibabel's copy on `img` has its voxel offset reset to 0
+    try:
+        with np.errstate(over='ignore'):  # a scaling that overflows float32 is reported below, by `_check_scaling`
+            arr = np.asarray(img.dataobj) if labels else np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as e: raise _read_failure(path, (_gzip_error(path) if stored is None else None) or e, 'NIfTI') from e
     data = _channels_first(arr, path)
     _check_spacing(raw['pixdim'][1:4], path)
-    return _finish(data, img.affine, path)
+    try: return _finish(data, img.affine, path, labels)
+    except MedicalInputError: _check_scaling(img, path); raise
 
 # %% ../nbs/00_io.ipynb #d9a44f69
 def _nifti_array(data, dtype, name) -> np.ndarray:
@@ -218,19 +318,63 @@ def write_nifti(
     return path
 
 # %% ../nbs/00_io.ipynb #8eb6d105
+def _itk_header_fields(path:Path, max_lines:int=200) -> tuple[dict, int]:
+    "(fields with lower-case keys, header length in bytes) of the NRRD or MetaImage text header of `path`."
+    nrrd, fields, length = path.name.lower().endswith(('.nrrd', '.nhdr')), {}, 0
+    with open(path, 'rb') as f:
+        for _ in range(max_lines):
+            line = f.readline(1 << 16); length += len(line)
+            text = line.decode('latin-1').strip()
+            if not line or (nrrd and not text): break  # end of file, or the blank line that ends an NRRD header
+            if text.startswith(('#', 'NRRD')): continue
+            key, sep, value = text.partition(':' if nrrd else '=')
+            if not sep: break
+            fields[key.strip().lower()] = value.lstrip('=').strip()
+            if key.strip().lower() == 'elementdatafile': break  # the last field of a MetaImage header
+    return fields, length
+
+def _itk_declared(path:Path) -> tuple|None:
+    "(size, numpy dtype, voxel bytes) the header of `path` declares, per SimpleITK (None if it cannot tell)."
+    try:
+        reader = sitk.ImageFileReader(); reader.SetFileName(str(path)); reader.ReadImageInformation()
+        n, size = reader.GetNumberOfComponents(), tuple(reader.GetSize())
+        dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID(), n if n > 1 else 0)).dtype
+    except Exception: return None
+    return size, dtype, math.prod(size) * n * dtype.itemsize
+
+# %% ../nbs/00_io.ipynb #1c01d848
+def _itk_data_problem(path:Path) -> MedicalInputError|None:
+    "The error for a missing data file, or fewer voxel bytes than the header of `path` declares; None if neither."
+    fields, header_length = _itk_header_fields(path)
+    name = fields.get('elementdatafile') or fields.get('data file') or fields.get('datafile') or 'LOCAL'
+    detached = name.upper() != 'LOCAL'
+    if detached and (name.upper().startswith('LIST') or '%' in name): return None  # file lists and patterns: not checked
+    data = path.parent/name if detached else path
+    if not data.is_file(): return MedicalInputError(data, f"does not exist: it is the data file named in '{path}'")
+    packed = fields.get('compresseddata', 'false').lower() != 'false' or fields.get('encoding', 'raw').lower() != 'raw'
+    if packed or {'headersize', 'byte skip', 'line skip'} & set(fields) or (declared := _itk_declared(path)) is None: return None
+    size, dtype, need = declared
+    have = data.stat().st_size - (0 if detached else header_length)
+    if have >= need: return None
+    where = f"its data file '{data.name}' holds" if detached else "the file holds"
+    return MedicalInputError(path, f"is truncated: its header declares {'×'.join(map(str, size))} {dtype} voxels "
+                             f"({_nbytes(need)}) but {where} {_nbytes(max(have, 0))} of voxel data")
+
+# %% ../nbs/00_io.ipynb #de2fd723
 def read_itk(
     path, # A `.nrrd`, `.nhdr`, `.mha` or `.mhd` file
-) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` float32 data and the `(4, 4)` voxel→RAS+ mm affine
+    labels:bool=False, # Label map: read integer voxels exactly as int64 instead of float32
+) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` data and the `(4, 4)` voxel→RAS+ mm affine
     "Read an ITK image (NRRD/MHA/MHD) with SimpleITK, converting its LPS geometry to a RAS+ affine via TorchIO."
     path = _existing_file(path)
     try:
         img = sitk.ReadImage(str(path))
         arr = sitk.GetArrayViewFromImage(img)
-    except Exception as e: raise _read_failure(path, e, 'ITK (NRRD/MHA/MHD)') from e
+    except Exception as e: raise (_itk_data_problem(path) or _read_failure(path, e, 'ITK (NRRD/MHA/MHD)')) from e
     vector = img.GetNumberOfComponentsPerPixel() > 1
     axes = tuple(reversed(range(img.GetDimension()))) + ((arr.ndim - 1,) if vector else ())
     data = _channels_first(arr.transpose(axes), path)  # checks dimensions before TorchIO reads the direction
-    return _finish(data, get_ras_affine_from_sitk(img), path)
+    return _finish(data, get_ras_affine_from_sitk(img), path, labels)
 
 # %% ../nbs/00_io.ipynb #21b5eefb
 def _dicom_slices(folder:Path) -> list:
@@ -316,27 +460,28 @@ def read_dicom_series(
     return _finish(_channels_first(_dicom_pixels(slices), folder), _dicom_affine(slices), folder)
 
 # %% ../nbs/00_io.ipynb #b61735d6
-def _read_one(source) -> tuple[torch.Tensor, np.ndarray]:
-    "Read one file or DICOM folder with the reader its suffix (or folder-ness) calls for."
+def _read_one(source, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
+    "Read one file or DICOM folder with the reader its suffix (or folder-ness) calls for (`labels`: exact integers)."
     if not isinstance(source, (str, os.PathLike)):
         raise MedicalInputError('source', f"must be a path or a list of paths, got {type(source).__name__}")
     path = Path(source); name = path.name.lower()
     if not path.exists(): raise MedicalInputError(path, "does not exist")
     if path.is_dir(): return read_dicom_series(path)
-    if name.endswith(('.nii', '.nii.gz')): return read_nifti(path)
-    if name.endswith(('.nrrd', '.nhdr', '.mha', '.mhd')): return read_itk(path)
+    if name.endswith(('.nii', '.nii.gz')): return read_nifti(path, labels)
+    if name.endswith(('.nrrd', '.nhdr', '.mha', '.mhd')): return read_itk(path, labels)
     raise MedicalInputError(path, "has an unknown suffix, expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM folder")
 
 # %% ../nbs/00_io.ipynb #c516c1df
 def read_channels(
     paths, # Files or DICOM folders, one single-channel 3D volume each, in channel order
+    labels:bool=False, # Label maps: read integer voxels exactly as int64 instead of float32
 ) -> tuple[torch.Tensor, np.ndarray]: # `(len(paths), X, Y, Z)` float32 data and the shared `(4, 4)` RAS+ affine
     "Read several single-channel volumes on the same grid as the channels of one image."
     paths = list(paths)
     if not paths: raise MedicalInputError('paths', "is empty, at least one image is needed")
     chans = []
     for p in paths:
-        data, affine = _read_one(p)
+        data, affine = _read_one(p, labels)
         if data.shape[0] != 1: raise MedicalInputError(p, f"has {data.shape[0]} channels, each file of a channel list must be a single 3D volume")
         if not chans: chans, ref = [data], affine; continue
         if data.shape != chans[0].shape:
@@ -350,10 +495,11 @@ def read_channels(
 def read_volume(
     source, # A .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file, a DICOM series folder, or a list/tuple of those as channels
     expected_channels:int|None=None, # If given, refuse images with a different number of channels
-) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` float32 data and the `(4, 4)` float64 voxel→RAS+ mm affine
+    labels:bool=False, # Label map: integer voxels come back exactly, as int64 (float32 holds integers only up to 2^24)
+) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` float32 (or label) data and the `(4, 4)` float64 voxel→RAS+ mm affine
     "Read a 3D (or multi-channel) medical image as `(C, X, Y, Z)` float32 data and its RAS+ affine, refusing bad input."
     multi = isinstance(source, (list, tuple))
-    data, affine = read_channels(source) if multi else _read_one(source)
+    data, affine = read_channels(source, labels) if multi else _read_one(source, labels)
     c = data.shape[0]
     if expected_channels is not None and c != expected_channels:
         what = f"{len(source)} files" if multi else ('4D image' if c > 1 else '3D image')

@@ -28,15 +28,19 @@ def _uses_sigmoid(loss_func) -> bool:
     return False
 
 # %% ../nbs/05_losses.ipynb #f4a49c2f
-def _check_labels(pred:torch.Tensor, targ:torch.Tensor):
-    "Refuse a label-map target `targ` (B, 1, ...) with labels outside 0..C-1 for a C-channel `pred` (0..1 when C = 1)."
+def _check_labels(pred:torch.Tensor, targ:torch.Tensor, sources=None):
+    "Refuse a label-map `targ` (B, 1, ...) with labels outside 0..C-1 for a C-channel `pred`, naming the item's file from `sources`."
     if targ.ndim != pred.ndim or targ.shape[1] != 1 or targ.numel() == 0: return
     n = max(int(pred.shape[1]), 2)
     lo, hi = (int(v) for v in torch.aminmax(targ))
     if 0 <= lo and hi < n: return
-    bad = hi if hi >= n else lo
-    raise MedicalInputError('targ', f"mask label {bad} is outside 0..{n - 1}, the labels a model with {pred.shape[1]} output "
-                            "channel(s) can predict: give the model one channel per label (out_channels) or convert the mask")
+    flat = targ.flatten(1)
+    i = int(((flat < 0) | (flat >= n)).any(1).nonzero()[0, 0])  # the first batch item holding a bad label
+    ilo, ihi = (int(v) for v in torch.aminmax(flat[i]))
+    known = sources is not None and len(sources) == len(targ) and sources[i]
+    raise MedicalInputError(sources[i] if known else 'targ', f"mask label {ihi if ihi >= n else ilo} is outside 0..{n - 1}, "
+                            f"the labels a model with {pred.shape[1]} output channel(s) can predict (batch item {i} of the "
+                            "loss target `targ`): give the model one channel per label (out_channels) or convert the mask")
 
 # %% ../nbs/05_losses.ipynb #74d6d9cd
 class CustomLoss(nn.Module):
@@ -60,9 +64,11 @@ class CustomLoss(nn.Module):
         targ:torch.Tensor, # Label mask, (B, 1, X, Y, Z), or one-hot (B, C, X, Y, Z)
     ) -> torch.Tensor: # Scalar loss, or (B,) when `reduction='none'`
         "The wrapped loss on plain tensors with a float target."
-        pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor).float()
+        sources = getattr(targ, 'item_sources', None)  # a batch of `MedMask`s knows each item's file
+        pred, targ = pred.as_subclass(torch.Tensor), targ.as_subclass(torch.Tensor)
         if targ.ndim == pred.ndim - 1: targ = targ.unsqueeze(1)
-        _check_labels(pred, targ)
+        _check_labels(pred, targ, sources)  # on the labels as they are: float32 would merge labels above 2^24
+        targ = targ.float()
         if not self.per_item: return self.loss_func(pred, targ)
         return torch.stack([self.loss_func(p[None], t[None]).mean() for p, t in zip(pred, targ)])
 
