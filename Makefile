@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastmed-installed
 
-.PHONY: demo test venv export sync-check nbtest pytest readme docs clean bench
+.PHONY: demo test venv export sync-check nbtest pytest readme docs clean bench research
 
 venv: $(STAMP)
 
@@ -46,6 +46,12 @@ docs: venv
 # `make bench ARGS=--quick` for the under-3-minutes version.
 bench: venv
 	MPLBACKEND=Agg $(BIN)/python -m bench $(ARGS)
+
+# Every research notebook (research/*/*.ipynb, research/medmnist3d/ included) in its quick/offline mode, in a fresh
+# kernel each; the executed copies go to a temporary folder (the committed notebooks keep their recorded outputs).
+# Real-data cells use ../shared/data (or FASTMED_DATA) when it exists and are skipped otherwise. Fails if any fails.
+research: venv
+	OMP_NUM_THREADS=1 $(BIN)/python research/run_notebooks.py $(sort $(wildcard research/*/*.ipynb))
 
 clean:
 	rm -rf _docs _proc .pytest_cache demo_output
