@@ -20,9 +20,11 @@ with warnings.catch_warnings():
     from fastmed.inference import predict_volume, _pred_name
     from fastmed.postprocess import keep_largest_component, label_volumes
     from fastmed.export import load_model, MedModel
+    from fastmed.plan import plan_main
+    from fastmed.train import train_main, load_ensemble
 
 # %% auto #0
-__all__ = ['expand_inputs', 'output_names', 'predict_one', 'predict_command', 'summary_command', 'main']
+__all__ = ['expand_inputs', 'output_names', 'predict_one', 'load_predictor', 'predict_command', 'summary_command', 'main']
 
 # %% ../nbs/18_cli.ipynb #1a7e9f2c
 def _fastmed_outputs(folder: Path) -> set:
@@ -113,8 +115,16 @@ def _check_writable(out_dir: Path):
 # %% ../nbs/18_cli.ipynb #927755f4
 def _check_segmentation(model, name):
     "Error naming the model file unless it is a segmentation model (or a Learner, which has no contract to ask)."
-    task = model.contract['output']['task'] if isinstance(model, MedModel) else 'segmentation'
-    if task != 'segmentation': raise MedicalInputError(name, f"is a {task} model; fastmed predict writes segmentation masks")
+    for member in (model if isinstance(model, list) else [model]):
+        task = member.contract['output']['task'] if isinstance(member, MedModel) else 'segmentation'
+        if task != 'segmentation': raise MedicalInputError(name, f"is a {task} model; fastmed predict writes segmentation masks")
+
+def load_predictor(name, # a model (name, .json or .safetensors) or a folder written by `fastmed train`
+                   allow_pickle: bool = False, # accept a pickled fastai export (trusted files only)
+                  ):
+    "The model `fastmed predict` uses: one saved model, or the fold ensemble of a `fastmed train` folder."
+    if (Path(name) / 'plan.json').is_file(): return load_ensemble(name)
+    return load_model(name, allow_pickle=allow_pickle)
 
 def predict_command(args) -> int:
     "Run `fastmed predict`; 0 if every input was predicted, 1 if some failed."
@@ -123,7 +133,7 @@ def predict_command(args) -> int:
     sources, skipped = expand_inputs(args.inputs)
     if not sources: raise MedicalInputError('inputs', f"nothing to predict: the {len(skipped)} file(s) given are masks fastmed predict wrote")
     _check_writable(out_dir)
-    model = load_model(args.model, allow_pickle=args.allow_pickle)
+    model = load_predictor(args.model, allow_pickle=args.allow_pickle)
     _check_segmentation(model, args.model)
     if skipped: print(f"skipped {len(skipped)} file(s) that fastmed predict wrote (e.g. {skipped[0]})")
     rows = [predict_one(model, src, out_dir / name, args.tta, args.keep_largest)
@@ -160,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--masks', help='folder of masks: add per-label volumes, foreground fraction, bounding boxes')
     s.add_argument('--workers', type=int, default=4, help='threads reading headers (default 4)')
     p = sub.add_parser('predict', help='predict masks with a saved model (safetensors + JSON)')
-    p.add_argument('model', help='model name, .json or .safetensors file written by save_model')
+    p.add_argument('model', help='model name, .json or .safetensors file written by save_model, or a folder written by fastmed train')
     p.add_argument('inputs', nargs='+', help='image files, folders of image files, or DICOM series folders')
     p.add_argument('-o', '--output', required=True,
                    help='folder for <name>_pred.nii.gz masks and volumes.csv; apart from the inputs (not one, in one, or holding one)')
@@ -168,11 +178,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--keep-largest', action='store_true', help='keep the largest connected component of each label')
     p.add_argument('--allow-pickle', action='store_true', help='load a pickled fastai export (trusted files only)')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+    for name, text in _PLANNED.items(): sub.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own
     return parser
 
 # %% ../nbs/18_cli.ipynb #31c5249a
+_PLANNED = {'plan': 'fingerprint a data set and write plan.json (fastmed plan --help)',
+            'train': 'train the folds of a plan, write models and the CV table (fastmed train --help)'}
+
+# %% ../nbs/18_cli.ipynb #f26f5afb
 def main(argv=None) -> int:
     "Entry point of the `fastmed` console script; returns the exit status."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _PLANNED: return {'plan': plan_main, 'train': train_main}[argv[0]](argv[1:])
     args = _parser().parse_args(argv)
     try: return {'summary': summary_command, 'predict': predict_command}[args.command](args)
     except (MedicalInputError, OSError) as e:  # bad input, or a write that failed (full disk): one line, no traceback

@@ -16,6 +16,7 @@ import torch
 from fastmed.core import MedImage, MedMask
 from fastmed.inference import predict_volume
 from fastmed.plan import load_plan, plan_main
+from fastmed.cli import main as cli_main
 from fastmed.train import make_spheres_dataset, train_main, load_ensemble, largest_component_labels
 from fastmed.checkpoint import _read_checkpoint
 
@@ -66,6 +67,14 @@ def test_plan_train_predict_two_folds(tmp_path):
     p, t = (m.as_subclass(torch.Tensor).numpy() for m in (pred, truth))
     assert _dice(p, t, 1) > 0.5, _dice(p, t, 1)
     assert set(largest_component_labels(run)) <= {1, 2}
+
+    # the same three steps through the `fastmed` command: predict takes the trained folder (the fold ensemble)
+    status, out, err = _run(cli_main, 'predict', run, case['images'][0], '-o', tmp_path/'preds', '-q')
+    assert (status, err) == (0, ''), err
+    cli_pred = MedMask.create(tmp_path/'preds'/pd.read_csv(tmp_path/'preds'/'volumes.csv').output[0])
+    assert torch.equal(cli_pred.as_subclass(torch.Tensor), pred.as_subclass(torch.Tensor))
+    with pytest.raises(SystemExit) as exit_: _run(cli_main, 'plan', '--help')  # plan's own parser answers
+    assert exit_.value.code == 0
 
 
 SCRIPT = textwrap.dedent('''
