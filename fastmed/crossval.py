@@ -92,10 +92,14 @@ def _check_valid_size(learn, fold_df:pd.DataFrame, valid_col:str, fold:int):
 
 # %% ../nbs/14_crossval.ipynb #67eae220
 def _validation_row(learn) -> dict:
-    "`learn.validate()` as {'valid_loss': ..., metric name: ...}."
+    "`learn.validate()` as {'valid_loss': ..., metric name: ...}; a per-label metric gives `name_1`, `name_2`, ..."
     values = learn.validate()
     names = ['valid_loss'] + [m.name for m in learn.metrics]
-    return {n: float(v) for n, v in zip(names, values)}
+    row = {}
+    for n, v in zip(names, values):
+        flat = np.atleast_1d(np.asarray(v, dtype=float)).ravel()  # e.g. multi_dice_score: one Dice per label
+        row.update({n: float(flat[0])} if flat.size == 1 else {f'{n}_{i}': float(x) for i, x in enumerate(flat, 1)})
+    return row
 
 # %% ../nbs/14_crossval.ipynb #d31d44a6
 def _summary_table(rows:list) -> pd.DataFrame:
