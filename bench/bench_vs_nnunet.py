@@ -189,6 +189,21 @@ def _first_time_reaching(history: pd.DataFrame, target: float):
     return None if hit.empty else (float(hit.seconds.iloc[0]), int(hit.epoch.iloc[0]))
 
 
+def _decoded(o):
+    "A checkpoint's JSON skeleton with its key/value-list dicts turned back into dicts (tensors stay references)."
+    if isinstance(o, dict) and '__dict__' in o: return {k: _decoded(v) for k, v in o['__dict__']}
+    return [_decoded(v) for v in o] if isinstance(o, list) else o
+
+
+def fastmed_steps(work: Path) -> int:
+    "Optimizer steps fastmed took: the Adam step count stored in its last checkpoint's metadata."
+    from safetensors import safe_open
+    with safe_open(str(work/'fastmed'/'fold_0'/'checkpoint.safetensors'), framework='pt') as f:
+        meta = json.loads(f.metadata()['fastmed_checkpoint'])
+    state = _decoded(meta['opt'])['state']  # fastai's optimizer: one dict per parameter
+    return int((state[0] if isinstance(state, list) else next(iter(state.values())))['step'])
+
+
 def report(work: Path) -> dict:
     from fastmed.plan import load_plan
     plan = load_plan(work/'fastmed_plan'/'plan.json')
@@ -202,7 +217,9 @@ def report(work: Path) -> dict:
     reached = _first_time_reaching(history, means['nnU-Net']['mean'])
     out = dict(budget_s=json.loads((work/'prepare.json').read_text())['budget_s'], cases=len(cases), dice=means,
                fastmed_history=history[['epoch', 'seconds', 'dice_label_1', 'dice_label_2', 'dice_mean']].to_dict('records'),
-               fastmed_reaches_nnunet=reached, nnunet=nn_times, fastmed=json.loads((work/'fastmed_times.json').read_text()),
+               fastmed_reaches_nnunet=reached, nnunet=nn_times,
+               optimizer_steps={'fastmed': fastmed_steps(work), 'nnU-Net': nn_times['epochs'] * 5},
+               batch_size={'fastmed': plan.batch_size, 'nnU-Net': json.loads((work/'nnunet'/'preprocessed'/DATASET/'nnUNetPlans.json').read_text())['configurations']['3d_fullres']['batch_size']}, fastmed=json.loads((work/'fastmed_times.json').read_text()),
                prepare=json.loads((work/'prepare.json').read_text()), fastmed_plan=dict(
                    patch=plan.patch_size, batch=plan.batch_size, filters=plan.network['kwargs']['filters']))
     (work/'results.json').write_text(json.dumps(out, indent=1))
