@@ -38,7 +38,7 @@ DIRECTIVE = re.compile(r'^\s*#\|\s*(.*?)\s*$')
 NOT_RUN = ("> **Outputs not shown.** This page was built without running the notebook ({why}); "
            "`make docs` runs it in offline mode and shows its outputs.")
 # What the browser test executes: the home page and a small library notebook with a figure (show_batch)
-SMOKE_LIBRARY = '04_data.ipynb'
+SMOKE_LIBRARY = '05_data.ipynb'
 SMOKE = f'index.ipynb,{SMOKE_LIBRARY}'
 API_LINK = "> API reference: [`fastmed.{mod}`]({href}), one entry per exported object."
 # Run (then removed) before a notebook's first cell: a figure that notebook code closes is displayed first,

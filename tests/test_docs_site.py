@@ -2,7 +2,7 @@
 127.0.0.1, open the home page, a library notebook, an API page and a tutorial in headless Chromium, follow
 every internal link.
 
-A fresh build here executes only a smoke subset (build_docs.SMOKE: the home page and 04_data, whose
+A fresh build here executes only a smoke subset (build_docs.SMOKE: the home page and 05_data, whose
 show_batch figure the library-page test checks; FASTMED_OFFLINE=1). The other notebooks show the outputs of an executed copy
 cached by `make docs`, or are rendered without outputs (with a note), so the test stays near a minute and
 a half whatever the notebooks cost. Screenshots go to _site/screenshots/.
