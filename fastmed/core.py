@@ -19,8 +19,9 @@ from .io import MedicalInputError, read_volume, write_nifti
 
 # %% auto #0
 __all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
-           'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase', 'MedImage',
-           'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
+           'to_integer_labels', 'reorient_to_ras', 'resample_labels', 'resample_to_spacing', 'resample_to_grid',
+           'MedBase', 'MedImage', 'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice',
+           'show_medical']
 
 # %% ../nbs/01_core.ipynb #55f4922b
 def _frozen_array(a) -> np.ndarray:
@@ -140,14 +141,30 @@ def reorient_to_ras(data: torch.Tensor, geometry: VolumeGeometry, is_mask: bool 
     return (out.data.long() if is_mask else out.data), geometry.after('reorient', out.affine, out.spatial_shape, source_orientation=geometry.orientation)
 
 # %% ../nbs/01_core.ipynb #1392c542
+def resample_labels(data: torch.Tensor, affine, spacing) -> tuple:
+    "(labels, affine) of the label map `data` (C,X,Y,Z) resampled to `spacing` mm: per-label linear shares, largest wins."
+    best = label = out_affine = None
+    for value in torch.unique(data).tolist():  # ascending: a tie goes to the lower label on even voxels
+        out = tio.Resample(spacing, image_interpolation='linear')(_tio_image((data == value).float(), affine, False))
+        share = out.data
+        if best is None:
+            best, label, out_affine = share, torch.full_like(share, value, dtype=torch.long), out.affine
+            odd = torch.as_tensor(np.indices(share.shape[1:]).sum(0) % 2 == 1)[None]
+            continue
+        wins = (share > best + 1e-6) | ((share - best).abs() <= 1e-6) & odd
+        best, label = torch.where(wins, share, best), torch.where(wins, value, label)
+    return label, out_affine
+
+# %% ../nbs/01_core.ipynb #4faa5b66
 def resample_to_spacing(data: torch.Tensor, geometry: VolumeGeometry, spacing, is_mask: bool = False) -> tuple:
-    "(data, geometry) resampled to `spacing` mm (linear for images, nearest for masks)."
+    "(data, geometry) resampled to `spacing` mm (linear for images, `resample_labels` for masks)."
     spacing = normalize_spacing(spacing)
     if spacing is None or np.allclose(geometry.spacing, spacing, atol=1e-6): return data, geometry
-    tfm = tio.Resample(spacing, image_interpolation='linear', label_interpolation='nearest')
-    out = tfm(_tio_image(data, geometry.affine, is_mask))
-    res = out.data.float() if not is_mask else out.data.long()
-    return res, geometry.after('resample', out.affine, out.spatial_shape, spacing=spacing)
+    if is_mask:
+        res, affine = resample_labels(data, geometry.affine, spacing)
+        return res, geometry.after('resample', affine, res.shape[1:], spacing=spacing)
+    out = tio.Resample(spacing, image_interpolation='linear')(_tio_image(data, geometry.affine, False))
+    return out.data.float(), geometry.after('resample', out.affine, out.spatial_shape, spacing=spacing)
 
 # %% ../nbs/01_core.ipynb #4380f2c2
 def resample_to_grid(data: torch.Tensor, affine, target_affine, target_shape, interpolation: str = 'linear') -> torch.Tensor:
