@@ -144,14 +144,11 @@ def reorient_to_ras(data: torch.Tensor, geometry: VolumeGeometry, is_mask: bool 
 def resample_labels(data: torch.Tensor, affine, spacing) -> tuple:
     "(labels, affine) of the label map `data` (C,X,Y,Z) resampled to `spacing` mm: per-label linear shares, largest wins."
     best = label = out_affine = None
-    for value in torch.unique(data).tolist():  # ascending: a tie goes to the lower label on even voxels
+    for value in torch.unique(data).tolist():  # ascending, so a tie (within 1e-6) goes to the higher label
         out = tio.Resample(spacing, image_interpolation='linear')(_tio_image((data == value).float(), affine, False))
         share = out.data
-        if best is None:
-            best, label, out_affine = share, torch.full_like(share, value, dtype=torch.long), out.affine
-            odd = torch.as_tensor(np.indices(share.shape[1:]).sum(0) % 2 == 1)[None]
-            continue
-        wins = (share > best + 1e-6) | ((share - best).abs() <= 1e-6) & odd
+        if best is None: best, label, out_affine = share, torch.full_like(share, value, dtype=torch.long), out.affine
+        wins = share >= best - 1e-6
         best, label = torch.where(wins, share, best), torch.where(wins, value, label)
     return label, out_affine
 
