@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.parallel import parallel
-from .io import MedicalInputError, write_nifti, atomic_write
+from .io import MedicalInputError, write_nifti, atomic_write, strip_image_suffix
 from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, resolve_preprocessing
-from .dataset import _reason
+from .utils import error_reason
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'cache_key', 'cached_geometry', 'load_cached', 'preprocess_dataset']
@@ -52,7 +52,7 @@ def cache_key(source, # a path, a DICOM folder or a list of channel paths
 def _cache_name(source, key: str, compress: bool) -> str:
     "`<source name>_<key>.nii[.gz]` for the cached volume of `source`."
     first = Path(source[0] if isinstance(source, (list, tuple)) else source)
-    stem = re.sub(r'\.(nii(\.gz)?|nrrd|nhdr|mha|mhd)$', '', first.name, flags=re.I)
+    stem = strip_image_suffix(first)
     stem = re.sub(r'[^A-Za-z0-9_.-]', '_', stem)[:60].lstrip('.') or 'volume'
     if isinstance(source, (list, tuple)): stem += f'_{len(source)}ch'
     return f"{stem}_{key}.nii{'.gz' if compress else ''}"
@@ -109,7 +109,7 @@ def _write_entry(source, out: Path, key: str, is_mask: bool, reorder: bool, spac
 # %% ../nbs/11_cache.ipynb #ba1e5683
 def _why(e: Exception, source) -> str:
     "One-line reason of `e`; for one file without its leading `'path': ` (a channel list keeps the file's name)."
-    return _reason(e, source) if isinstance(source, str) else ' '.join(str(e).split())
+    return error_reason(e, source) if isinstance(source, str) else ' '.join(str(e).split())
 
 # %% ../nbs/11_cache.ipynb #3405f233
 def _try_entry(task: dict) -> dict:

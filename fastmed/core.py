@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 from fastai.torch_core import TensorBase
 from fastcore.basics import patch
 from .io import MedicalInputError, read_volume, write_nifti
+from .utils import tio_image
 
 # %% auto #0
 __all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
@@ -126,17 +127,11 @@ def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> tor
                                 "which would wrap it; renumber the labels")
     return labels
 
-# %% ../nbs/01_core.ipynb #a18cdb77
-def _tio_image(data: torch.Tensor, affine, is_mask: bool):
-    "TorchIO image wrapping `data` (C,X,Y,Z) with `affine` (masks as int32: nibabel refuses int64 arrays)."
-    if is_mask: return tio.LabelMap(tensor=data.int(), affine=np.asarray(affine, dtype=np.float64))
-    return tio.ScalarImage(tensor=data, affine=np.asarray(affine, dtype=np.float64))
-
 # %% ../nbs/01_core.ipynb #a8b4ea4f
 def reorient_to_ras(data: torch.Tensor, geometry: VolumeGeometry, is_mask: bool = False) -> tuple:
     "(data, geometry) reoriented to the closest RAS+ axis order (a permutation/flip, no interpolation)."
     if geometry.orientation == 'RAS': return data, geometry
-    out = tio.ToCanonical()(_tio_image(data, geometry.affine, is_mask))
+    out = tio.ToCanonical()(tio_image(data, geometry.affine, is_mask))
     return (out.data.long() if is_mask else out.data), geometry.after('reorient', out.affine, out.spatial_shape, source_orientation=geometry.orientation)
 
 # %% ../nbs/01_core.ipynb #1392c542
@@ -145,7 +140,7 @@ def resample_to_spacing(data: torch.Tensor, geometry: VolumeGeometry, spacing, i
     spacing = normalize_spacing(spacing)
     if spacing is None or np.allclose(geometry.spacing, spacing, atol=1e-6): return data, geometry
     tfm = tio.Resample(spacing, image_interpolation='linear', label_interpolation='nearest')
-    out = tfm(_tio_image(data, geometry.affine, is_mask))
+    out = tfm(tio_image(data, geometry.affine, is_mask))
     res = out.data.float() if not is_mask else out.data.long()
     return res, geometry.after('resample', out.affine, out.spatial_shape, spacing=spacing)
 

@@ -23,13 +23,14 @@ from fastai.data.transforms import ColReader, ColSplitter, RandomSplitter, ItemT
 from fastai.data.transforms import Categorize, MultiCategorize, RegressionSetup
 from fastai.vision.data import ImageBlock, get_grid
 from fastai.torch_core import TensorCategory
-from .io import MedicalInputError
+from .io import MedicalInputError, image_suffix, strip_image_suffix
 from .core import MedBase, MedImage, MedMask, resolve_preprocessing
 from .dataset import read_header
 
 # %% auto #0
-__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock', 'MedImageDataLoaders',
-           'pair_image_mask_files', 'show_batch', 'show_results', 'plot_top_losses']
+__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock', 'image_reader',
+           'predicts_masks', 'MedImageDataLoaders', 'pair_image_mask_files', 'show_batch', 'show_results',
+           'plot_top_losses']
 
 # %% ../nbs/05_data.ipynb #0a9137d7
 def _channel_count(source) -> int:
@@ -290,6 +291,20 @@ class MedDataBlock(DataBlock):
         _check_classes(dsets, self.getters, df)
         return dsets
 
+# %% ../nbs/05_data.ipynb #197fb0e2
+def image_reader(dls: DataLoaders, # DataLoaders built by a `MedDataBlock`
+                ) -> MedReader:
+    "The `MedReader` that builds the model's input in `dls` (refused if there is none)."
+    for tfm in dls.valid.dataset.tls[0].tfms.fs:
+        if isinstance(tfm, MedReader): return tfm
+    raise MedicalInputError("dls: these DataLoaders do not read medical volumes (no MedReader in the input pipeline)")
+
+def predicts_masks(dls: DataLoaders, # any fastai DataLoaders
+                  ) -> bool:
+    "True if the targets of `dls` are read as `MedMask`s (a segmentation task)."
+    tls = dls.valid.dataset.tls[dls.n_inp:]
+    return any(isinstance(t, MedReader) and t.cls is MedMask for tl in tls for t in tl.tfms.fs)
+
 # %% ../nbs/05_data.ipynb #7bb91bcd
 class MedImageDataLoaders(DataLoaders):
     "Build 3D medical `DataLoaders` from a DataFrame or from image/mask folders."
@@ -323,19 +338,16 @@ class MedImageDataLoaders(DataLoaders):
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
 # %% ../nbs/05_data.ipynb #a93a8941
-_MED_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd')
-
 def _subject_key(path: Path, drop_last_token: bool) -> str:
     "File name without a medical-image extension (and without its last `_token` if asked)."
-    name = path.name
-    stem = next((name[:-len(s)] for s in _MED_SUFFIXES if name.endswith(s)), path.stem)
+    stem = strip_image_suffix(path) if image_suffix(path) else path.stem
     return stem.rsplit('_', 1)[0] if drop_last_token and '_' in stem else stem
 
 # %% ../nbs/05_data.ipynb #907928b9
 def pair_image_mask_files(image_dir, mask_dir) -> list:
     "[(image, mask)] paths paired by subject name; error naming any file without a partner."
-    images = sorted(p for p in Path(image_dir).iterdir() if p.name.endswith(_MED_SUFFIXES))
-    masks = sorted(p for p in Path(mask_dir).iterdir() if p.name.endswith(_MED_SUFFIXES))
+    images = sorted(p for p in Path(image_dir).iterdir() if image_suffix(p))
+    masks = sorted(p for p in Path(mask_dir).iterdir() if image_suffix(p))
     for drop in (False, True):
         by_key = {_subject_key(m, drop): m for m in masks}
         pairs = [(str(i), str(by_key[_subject_key(i, drop)])) for i in images if _subject_key(i, drop) in by_key]

@@ -18,9 +18,9 @@ import fastmed
 from .io import MedicalInputError, atomic_write
 from .core import MedImage, MedMask, normalize_spacing
 from . import transforms as fmt
-from .inference import LearnerPredictor, _image_reader, predict_volume, load_variables
-from .interpret import _predicts_masks
-from .checkpoint import _nonfinite_report
+from .inference import LearnerPredictor, predict_volume, load_variables
+from .data import image_reader, predicts_masks
+from .utils import nonfinite_report
 
 # %% auto #0
 __all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'build_model', 'architecture_spec',
@@ -163,7 +163,7 @@ def _input_shape(learn, window) -> tuple:
 
 def _task(learn) -> tuple:
     "('segmentation' | 'classification' | 'regression', class names or None)."
-    if _predicts_masks(learn): return 'segmentation', None
+    if predicts_masks(learn.dls): return 'segmentation', None
     vocab = getattr(learn.dls, 'vocab', None)
     return ('classification', [str(v) for v in vocab]) if vocab is not None else ('regression', None)
 
@@ -175,7 +175,7 @@ def model_contract(learn, # a trained `Learner`
                    roi_size=None, # predict by sliding window with this window (default: the learner's own setting)
                   ) -> dict:
     "The JSON-able contract of `learn`: architecture, input preprocessing, inference window and output decoding."
-    reader, window = _image_reader(learn.dls), LearnerPredictor(learn, roi_size=roi_size).window
+    reader, window = image_reader(learn.dls), LearnerPredictor(learn, roi_size=roi_size).window
     shape = _input_shape(learn, window)
     transforms = [s for s in map(transform_spec, list(learn.dls.valid.after_item.fs)) if s is not None]
     task, names = _task(learn)
@@ -222,7 +222,7 @@ def save_model(learn, # a trained `Learner`
         raise MedicalInputError(f"learn={type(learn).__name__}: fastmed's save_model(learn, path) takes a Learner "
                                 "(fastai's checkpoint function is fastai.learner.save_model)")
     weights, contract_path = _model_paths(path)
-    report = _nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
+    report = nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
     if report: raise MedicalInputError(weights, f"not written: the network's {report}; the training diverged")
     contract = model_contract(learn, arch, class_names, threshold, roi_size)
     device = _device(learn.model)
@@ -444,7 +444,7 @@ def load_model(path, # model name, its .json or .safetensors file; or a pickled 
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try: _load_safetensors(network, str(weights), strict=True, device=str(device))
     except Exception as e: raise MedicalInputError(weights, f"weights do not fit {contract['architecture']['class']}: {' '.join(str(e).split())[:300]}") from e
-    report = _nonfinite_report(network.state_dict())
+    report = nonfinite_report(network.state_dict())
     if report: raise MedicalInputError(weights, f"{report}: the model was saved from a training run that had diverged")
     try: return MedModel(network.to(device), contract)
     except ValueError as e: raise MedicalInputError(contract_path, f"input.transforms: {e}") from e

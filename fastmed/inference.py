@@ -13,25 +13,18 @@ import torch
 from .io import MedicalInputError, atomic_write
 from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels
 from fastai.learner import Learner
-from .data import MedReader
-from .transforms import _size3
+from .data import image_reader
+from .utils import size3, prediction_name
 from .patches import SlidingWindowValidation, sliding_window_logits
 
 # %% auto #0
 __all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predictor_threshold',
            'predict_volume', 'inference', 'store_variables', 'load_variables']
 
-# %% ../nbs/13_inference.ipynb #9131aaef
-def _image_reader(dls) -> MedReader:
-    "The `MedReader` that builds the model's input in `dls`."
-    for tfm in dls.valid.dataset.tls[0].tfms.fs:
-        if isinstance(tfm, MedReader): return tfm
-    raise MedicalInputError("dls: these DataLoaders do not read medical volumes (no MedReader in the input pipeline)")
-
 # %% ../nbs/13_inference.ipynb #705d3cb2
 def preprocess_like_training(dls, source) -> MedImage:
     "`source` read and transformed as the validation items of `dls` are (a batch of one)."
-    item = _image_reader(dls)(source)
+    item = image_reader(dls)(source)
     item = dls.valid.after_item((item,))[0]
     batch = dls.valid.after_batch((item[None],))[0]
     return batch
@@ -44,7 +37,7 @@ def _learner_window(learn, roi_size, sw_batch_size, overlap) -> dict | None:
         roi_size = cb.roi_size or getattr(learn.dls, 'patch_size', None)
         sw_batch_size, overlap = cb.sw_batch_size, cb.overlap
     if roi_size is None: return None
-    return dict(roi_size=_size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
+    return dict(roi_size=size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
 
 # %% ../nbs/13_inference.ipynb #971c9374
 class LearnerPredictor:
@@ -54,7 +47,7 @@ class LearnerPredictor:
                  sw_batch_size: int = 4, # windows per forward pass
                  overlap: float = 0.25, # overlap of neighbouring windows
                 ):
-        self.learn, self.reader = learn, _image_reader(learn.dls)
+        self.learn, self.reader = learn, image_reader(learn.dls)
         self.window = _learner_window(learn, roi_size, sw_batch_size, overlap)
         self.reorder, self.resample = self.reader.reorder, self.reader.resample
 
@@ -137,15 +130,6 @@ def predict_volume(learn, # a `Learner`, a model from `load_model`, or a list of
     if threshold is None: threshold = predictor_threshold(members)
     return MedMask.from_data(decode_probabilities(total / len(members), threshold), geometry)
 
-# %% ../nbs/13_inference.ipynb #2ba96623
-def _pred_name(source) -> str:
-    "`<name>_pred.nii.gz` for a source file, folder or channel list."
-    first = Path(source[0] if isinstance(source, (list, tuple)) else source)
-    name = first.name
-    for suffix in ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd'):
-        if name.endswith(suffix): name = name[:-len(suffix)]; break
-    return f"{name}_pred.nii.gz"
-
 # %% ../nbs/13_inference.ipynb #518ee8bb
 def _check_matches_training(predictor, reorder, resample):
     "Error if `reorder`/`resample` given by the caller differ from what the model was trained with."
@@ -167,7 +151,7 @@ def inference(learn, # a `Learner`, a model from `load_model`, or a list of them
     for member in (learn if isinstance(learn, (list, tuple)) else [learn]):
         _check_matches_training(_as_predictor(member), reorder, resample)
     mask = predict_volume(learn, fn, threshold, tta=tta)
-    if save_path is not None: save_medical(mask, Path(save_path) / _pred_name(fn))
+    if save_path is not None: save_medical(mask, Path(save_path) / prediction_name(fn))
     return mask
 
 # %% ../nbs/13_inference.ipynb #64cde42a

@@ -18,7 +18,7 @@ from fastai.learner import Metric, AvgMetric
 from fastai.torch_core import find_bs
 from monai.metrics import (compute_dice, compute_hausdorff_distance, compute_average_surface_distance,
                            compute_surface_dice)
-from .io import MedicalInputError
+from .io import MedicalInputError, strip_image_suffix
 from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels
 
 # %% auto #0
@@ -334,10 +334,6 @@ class NanAvgMetric(AvgMetric):
         return (self.total / self.count).float()  # 0/0 = NaN only where every batch was NaN
 
 # %% ../nbs/08_metrics.ipynb #af911994
-def _stem(path) -> str:
-    "File name without its image suffixes: 'ct/case_07.nii.gz' → 'case_07'."
-    return Path(Path(str(path)).name.removesuffix('.gz')).stem
-
 def _label_map(
     item, # MedMask, tensor or array (X, Y, Z) / (1, X, Y, Z), or path to a label file
     source:str, # Argument for error messages, e.g. 'preds[3]'
@@ -409,7 +405,7 @@ def _evaluate_case(
     p, p_aff, p_src = _label_map(pred, f'preds[{i}]')
     t, t_aff, t_src = _label_map(targ, f'targets[{i}]')
     src = t_src or p_src
-    cid = case_id if case_id is not None else _stem(src) if src else f'case_{i}'
+    cid = case_id if case_id is not None else strip_image_suffix(src) if src else f'case_{i}'
     if p.shape != t.shape:
         raise MedicalInputError(f'preds[{i}]', f"case '{cid}': shape {tuple(p.shape)} does not match the target's {tuple(t.shape)}")
     sp = _case_spacing(f'preds[{i}]', cid, p_aff, t_aff, spacing)

@@ -15,7 +15,7 @@ from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL, DataLoaders
 from .io import MedicalInputError
 from .core import MedImage, MedMask
-from .transforms import _size3
+from .utils import size3
 
 # %% auto #0
 __all__ = ['sliding_window_logits', 'SlidingWindow', 'SlidingWindowValidation', 'VolumeSubjects', 'BalancedLabelSampler',
@@ -31,7 +31,7 @@ def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
                          ) -> torch.Tensor:
     "`model`'s output over whole volumes `x`, predicted window by window (MONAI `sliding_window_inference`)."
     if not 0 <= overlap < 1: raise MedicalInputError(f"overlap={overlap!r}: expected a fraction in [0, 1)")
-    return sliding_window_inference(x.as_subclass(torch.Tensor), roi_size=_size3(roi_size, 'roi_size'),
+    return sliding_window_inference(x.as_subclass(torch.Tensor), roi_size=size3(roi_size, 'roi_size'),
                                     sw_batch_size=sw_batch_size, predictor=model, overlap=overlap, mode=mode)
 
 # %% ../nbs/12_patches.ipynb #a0eb2e72
@@ -44,7 +44,7 @@ class SlidingWindow(nn.Module):
                  mode: str = 'gaussian', # blending of overlapping windows: 'gaussian' or 'constant'
                 ):
         super().__init__()
-        self.model, self.roi_size = model, _size3(roi_size, 'roi_size')
+        self.model, self.roi_size = model, size3(roi_size, 'roi_size')
         self.sw_batch_size, self.overlap, self.mode = sw_batch_size, overlap, mode
 
     def forward(self, x): return sliding_window_logits(self.model, x, self.roi_size, self.sw_batch_size, self.overlap, self.mode)
@@ -58,7 +58,7 @@ class SlidingWindowValidation(Callback):
                  overlap: float = 0.25, # fraction by which neighbouring windows overlap
                  mode: str = 'gaussian', # blending of overlapping windows: 'gaussian' or 'constant'
                 ):
-        self.roi_size = None if roi_size is None else _size3(roi_size, 'roi_size')
+        self.roi_size = None if roi_size is None else size3(roi_size, 'roi_size')
         self.sw_batch_size, self.overlap, self.mode = sw_batch_size, overlap, mode
 
     def window(self) -> tuple:
@@ -98,7 +98,7 @@ class VolumeSubjects(tio.SubjectsDataset):
         # TorchIO counts patches per epoch from its subject list: one stand-in per volume, never loaded
         stand_in = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 1, 1, 1)))
         super().__init__([stand_in] * len(items))
-        self.items, self.after_item, self.patch_size = items, after_item, _size3(patch_size, 'patch_size')
+        self.items, self.after_item, self.patch_size = items, after_item, size3(patch_size, 'patch_size')
 
     def __getitem__(self, index):
         image, mask = self.after_item(self.items[index])[:2]
@@ -112,7 +112,7 @@ class BalancedLabelSampler(tio.LabelSampler):
                  label_probabilities: dict | None = None, # per-label centre probabilities (TorchIO's), overrides `pos_fraction`
                 ):
         if not 0 <= pos_fraction <= 1: raise MedicalInputError(f"pos_fraction={pos_fraction!r}: expected a fraction in [0, 1]")
-        super().__init__(_size3(patch_size, 'patch_size'), label_name='mask', label_probabilities=label_probabilities)
+        super().__init__(size3(patch_size, 'patch_size'), label_name='mask', label_probabilities=label_probabilities)
         self.pos_fraction = pos_fraction
 
     def get_probability_map(self, subject):
@@ -170,7 +170,7 @@ def patch_dataloaders(dls, # segmentation `DataLoaders` of whole volumes (e.g. f
                       val_bs: int = 1, # whole volumes per validation batch (1 unless all have one size)
                      ) -> DataLoaders:
     "DataLoaders training on patches of `dls`' training volumes and validating on its whole volumes."
-    patch_size, bs = _size3(patch_size, 'patch_size'), bs or dls.train.bs
+    patch_size, bs = size3(patch_size, 'patch_size'), bs or dls.train.bs
     if samples_per_volume < 1: raise MedicalInputError(f"samples_per_volume={samples_per_volume!r}: expected at least 1")
     subjects = VolumeSubjects(dls.train.dataset, dls.train.after_item, patch_size)
     queue = PatchQueue(subjects, max_length=queue_length or max(bs, samples_per_volume) * 4,
