@@ -20,8 +20,8 @@ from .utils import tio_image
 
 # %% auto #0
 __all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
-           'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase', 'MedImage',
-           'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
+           'Decoding', 'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase',
+           'MedImage', 'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
 
 # %% ../nbs/01_core.ipynb #55f4922b
 def _frozen_array(a) -> np.ndarray:
@@ -103,6 +103,31 @@ def argmax_channels(x: torch.Tensor, # scores or probabilities
                    ) -> torch.Tensor:
     "Index of the largest channel along `dim` (kept as size 1), the first one on ties — `argmax`, faster on CPU."
     return x.max(dim, keepdim=True).indices
+
+# %% ../nbs/01_core.ipynb #e5eeb563
+@dataclass(frozen=True)
+class Decoding:
+    "How a network's logits become probabilities and labels: the activation and the one-channel threshold."
+    activation: str = 'softmax' # 'softmax' over channels or 'sigmoid' per channel (one channel: always sigmoid)
+    threshold: float = 0.5 # foreground probability of a one-channel output
+
+    def __post_init__(self):
+        if self.activation not in ('sigmoid', 'softmax'):
+            raise MedicalInputError(f"activation={self.activation!r}: expected 'sigmoid' or 'softmax'")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
+            raise MedicalInputError(f"threshold={self.threshold!r}: expected a probability in [0, 1]")
+
+    def probabilities(self, logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Probabilities from `logits`: sigmoid (sigmoid models, one-channel outputs), else softmax over `dim`."
+        return torch.sigmoid(logits) if self.activation == 'sigmoid' or logits.shape[dim] == 1 else torch.softmax(logits, dim)
+
+    def labels(self, probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Labels (size 1 along `dim`) from probabilities: above `threshold` for one channel, else the largest channel."
+        return (probs > self.threshold).long() if probs.shape[dim] == 1 else argmax_channels(probs, dim)
+
+    def decode(self, logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Labels from `logits`: `labels(probabilities(logits))`."
+        return self.labels(self.probabilities(logits, dim), dim)
 
 # %% ../nbs/01_core.ipynb #4e9b4a8e
 def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> torch.Tensor:

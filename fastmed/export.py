@@ -16,7 +16,8 @@ from safetensors.torch import save_model as _save_safetensors, load_model as _lo
 from fasttransform import Pipeline
 import fastmed
 from .io import MedicalInputError, atomic_write
-from .core import MedImage, MedMask, normalize_spacing
+from .core import MedImage, MedMask, normalize_spacing, Decoding
+from .losses import loss_decoding
 from . import transforms as fmt
 from .inference import LearnerPredictor, predict_volume, load_variables
 from .data import image_reader, predicts_masks
@@ -148,12 +149,13 @@ def transform_from_spec(spec: dict):
 # %% ../nbs/16_export.ipynb #b9ce408e
 MODEL_FORMAT, MODEL_FORMAT_VERSION = 'fastmed-model', 1
 
-def _activation_name(learn, out_channels: int) -> str:
-    "'sigmoid' or 'softmax': what `learn`'s loss applies to logits."
-    act = getattr(learn.loss_func, 'activation', None)
-    if act is not None:
-        return 'sigmoid' if getattr(learn.loss_func, 'sigmoid', False) or out_channels == 1 else 'softmax'
-    return 'sigmoid' if 'BCE' in type(learn.loss_func).__name__ or out_channels == 1 else 'softmax'
+def _upgrade_decoding(contract: dict) -> dict:
+    "`contract` with a missing `output.activation`/`threshold` filled as fastmed decoded then: sigmoid for 1 channel, softmax otherwise, 0.5."
+    out = contract.get('output')
+    if isinstance(out, dict) and 'activation' not in out and _is_count(out.get('channels')):
+        out['activation'] = 'sigmoid' if out['channels'] == 1 else 'softmax'
+    if isinstance(out, dict) and 'threshold' not in out: out['threshold'] = 0.5
+    return contract
 
 # %% ../nbs/16_export.ipynb #af14717f
 def _input_shape(learn, window) -> tuple:
@@ -173,6 +175,7 @@ def model_contract(learn, # a trained `Learner`
                    class_names=None, # names of the output classes/labels (default: the DataLoaders' vocab)
                    threshold: float = 0.5, # foreground probability threshold for one-channel outputs
                    roi_size=None, # predict by sliding window with this window (default: the learner's own setting)
+                   activation: str | None = None, # 'sigmoid' or 'softmax'; None: the loss's (`loss_decoding`)
                   ) -> dict:
     "The JSON-able contract of `learn`: architecture, input preprocessing, inference window and output decoding."
     reader, window = image_reader(learn.dls), LearnerPredictor(learn, roi_size=roi_size).window
@@ -180,13 +183,14 @@ def model_contract(learn, # a trained `Learner`
     transforms = [s for s in map(transform_spec, list(learn.dls.valid.after_item.fs)) if s is not None]
     task, names = _task(learn)
     with torch.no_grad(): out_channels = int(learn.model.eval()(torch.zeros(1, *shape, device=_device(learn.model))).shape[1])
+    decoding = loss_decoding(learn.loss_func, activation, threshold, out_channels)
     return {'format': MODEL_FORMAT, 'format_version': MODEL_FORMAT_VERSION, 'fastmed_version': fastmed.__version__,
             'architecture': architecture_spec(learn.model, arch),
             'input': {'channels': shape[0], 'shape': list(shape), 'reorder': reader.reorder,
                       'resample': None if reader.resample is None else list(reader.resample), 'transforms': transforms},
             'inference': {'window': _to_json_value('window', window)},
-            'output': {'task': task, 'channels': out_channels, 'activation': _activation_name(learn, out_channels),
-                       'threshold': threshold, 'class_names': _to_json_value('class_names', class_names or names)}}
+            'output': {'task': task, 'channels': out_channels, 'activation': decoding.activation,
+                       'threshold': decoding.threshold, 'class_names': _to_json_value('class_names', class_names or names)}}
 
 def _device(model): return next(model.parameters()).device
 
@@ -216,6 +220,7 @@ def save_model(learn, # a trained `Learner`
                class_names=None, # names of the output classes/labels
                threshold: float = 0.5, # foreground probability threshold for one-channel outputs
                roi_size=None, # predict by sliding window with this window (default: the learner's own setting)
+               activation: str | None = None, # 'sigmoid' or 'softmax' the model decodes with; None: its loss's
               ) -> Path:
     "Write `learn`'s network as safetensors weights plus a JSON contract; returns the contract's path."
     if isinstance(learn, (str, Path)) or not hasattr(learn, 'dls'):
@@ -224,7 +229,7 @@ def save_model(learn, # a trained `Learner`
     weights, contract_path = _model_paths(path)
     report = nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
     if report: raise MedicalInputError(weights, f"not written: the network's {report}; the training diverged")
-    contract = model_contract(learn, arch, class_names, threshold, roi_size)
+    contract = model_contract(learn, arch, class_names, threshold, roi_size, activation)
     device = _device(learn.model)
     try: _check_rebuilt(learn.model, contract)
     finally: learn.model.to(device)
@@ -252,9 +257,14 @@ class MedModel:
         image = MedImage.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.channels)
         return self.transforms((image,))[0][None]
 
+    @property
+    def decoding(self) -> Decoding:
+        "The contract's decoding: activation and one-channel threshold."
+        return Decoding(self.contract['output']['activation'], float(self.contract['output']['threshold']))
+
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         "Probabilities from logits (the contract's sigmoid or softmax)."
-        return torch.sigmoid(logits) if self.contract['output']['activation'] == 'sigmoid' else logits.softmax(1)
+        return self.decoding.probabilities(logits)
 
     @property
     def threshold(self) -> float:
@@ -346,7 +356,7 @@ def _read_contract(path: Path) -> dict:
         raise MedicalInputError(path, f"model format version {version} was written by a newer fastmed "
                                       f"({contract.get('fastmed_version')}); this fastmed {fastmed.__version__} reads "
                                       f"version {MODEL_FORMAT_VERSION}: upgrade fastmed")
-    _check_contract(contract, path)
+    _check_contract(_upgrade_decoding(contract), path)
     return contract
 
 # %% ../nbs/16_export.ipynb #835c40ea

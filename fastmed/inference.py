@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from .io import MedicalInputError, atomic_write
-from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels
+from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels, Decoding
+from .losses import loss_decoding
 from fastai.learner import Learner
 from .data import image_reader
 from .utils import size3, prediction_name
@@ -56,10 +57,8 @@ class LearnerPredictor:
     def preprocess(self, source) -> MedImage: return preprocess_like_training(self.learn.dls, source)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        "Probabilities from logits with the loss's activation (sigmoid for one channel, softmax otherwise)."
-        act = getattr(self.learn.loss_func, 'activation', None)
-        if act is not None: return act(logits)
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
+        "Probabilities from logits with the decoding of the learner's loss (`loss_decoding`)."
+        return loss_decoding(self.learn.loss_func, n_channels=logits.shape[1]).probabilities(logits)
 
 # %% ../nbs/13_inference.ipynb #e8e63c61
 def _as_predictor(obj, **window):
@@ -87,9 +86,8 @@ def _forward_probabilities(predictor, batch: torch.Tensor, flips=((),)) -> torch
 
 # %% ../nbs/13_inference.ipynb #fbbf3077
 def decode_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    "Labels (1,X,Y,Z) from probabilities (C,X,Y,Z): threshold for one channel, argmax otherwise."
-    if probs.shape[0] == 1: return (probs > threshold).long()
-    return argmax_channels(probs, 0).long()
+    "Labels (1,X,Y,Z) from probabilities (C,X,Y,Z): threshold for one channel, argmax otherwise (`Decoding.labels`)."
+    return Decoding(threshold=float(threshold)).labels(probs, 0)
 
 # %% ../nbs/13_inference.ipynb #ca3fee16
 def native_probabilities(predictor, # a predictor (see `LearnerPredictor`) or a model from `load_model`

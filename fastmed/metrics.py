@@ -19,7 +19,7 @@ from fastai.torch_core import find_bs
 from monai.metrics import (compute_dice, compute_hausdorff_distance, compute_average_surface_distance,
                            compute_surface_dice)
 from .io import MedicalInputError, strip_image_suffix
-from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels
+from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels, Decoding
 
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
@@ -35,10 +35,9 @@ def _plain(t:torch.Tensor) -> torch.Tensor:
 def _binary_pred(
     pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
 ) -> torch.Tensor: # Foreground mask (B, 1, ...), long
-    "Foreground mask from binary logits: sigmoid > 0.5 for one channel, argmax for two."
+    "Foreground mask from binary logits with the one decoding rule (`Decoding`): sigmoid > 0.5 for one channel, argmax for two."
     pred = _plain(pred)
-    if pred.shape[1] == 1: return (torch.sigmoid(pred) > 0.5).long()
-    if pred.shape[1] == 2: return argmax_channels(pred)
+    if pred.shape[1] in (1, 2): return Decoding().decode(pred)
     raise MedicalInputError('pred', f"a binary metric needs 1 or 2 channels, got shape {tuple(pred.shape)}")
 
 def _onehot_fg(

@@ -126,6 +126,8 @@ class DeepSupervisionLoss(nn.Module):
     def reduction(self, v): self.loss_func.reduction = v
     @property
     def sigmoid(self): return getattr(self.loss_func, 'sigmoid', False)
+    @property
+    def decoding(self): return getattr(self.loss_func, 'decoding', None)  # the wrapped loss's `Decoding`
     def activation(self, x): return self.loss_func.activation(x)
     def decodes(self, x): return self.loss_func.decodes(x)
 
