@@ -20,7 +20,7 @@ from .losses import loss_decoding
 from .metrics import evaluate_segmentations
 
 # %% auto #0
-__all__ = ['RegressionInterpretation', 'SegmentationInterpretation', 'FlipInputCallback', 'tta_segmentation']
+__all__ = ['RegressionInterpretation', 'SegmentationInterpretation', 'FlipInputCallback', 'tta_segmentation', 'MedLearner']
 
 # %% ../nbs/14_interpret.ipynb #acdf4d54
 class RegressionInterpretation(Interpretation):
@@ -261,15 +261,12 @@ def tta_segmentation(learn, # a segmentation `Learner`
 from fastai.learner import Learner
 from .data import predicts_masks
 
-_fastai_tta = getattr(Learner.tta, 'fastai_tta', Learner.tta)  # fastai's own, even if this module is reloaded
-
-
 
 # %% ../nbs/14_interpret.ipynb #99e3ca66
-@patch
-def tta(self: Learner, ds_idx=1, dl=None, n=4, item_tfms=None, batch_tfms=None, beta=0.25, use_max=False):
-    "fastai's TTA; for segmentation, flip TTA with every flip undone: (mean probabilities, targets)."
-    if not predicts_masks(self.dls): return _fastai_tta(self, ds_idx, dl, n, item_tfms, batch_tfms, beta, use_max)
-    mean, _, targs = tta_segmentation(self, dl=dl, ds_idx=ds_idx)
-    return mean, targs
-Learner.tta.fastai_tta = _fastai_tta
+class MedLearner(Learner):
+    "A fastai `Learner` whose `tta` undoes flips for segmentation; everything else is fastai's."
+    def tta(self, ds_idx=1, dl=None, n=4, item_tfms=None, batch_tfms=None, beta=0.25, use_max=False):
+        "fastai's TTA; for segmentation, flip TTA with every flip undone: (mean probabilities, targets)."
+        if not predicts_masks(self.dls): return super().tta(ds_idx, dl, n, item_tfms, batch_tfms, beta, use_max)
+        mean, _, targs = tta_segmentation(self, dl=dl, ds_idx=ds_idx)
+        return mean, targs

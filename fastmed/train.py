@@ -20,6 +20,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelTrainExcept
 from fastai.callback.schedule import ParamScheduler, combined_cos
 import fastai.callback.progress  # noqa: F401 -- the progress bar and the epoch table a Learner shows
 from fastai.learner import Learner, Metric
+from .interpret import MedLearner
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
 from monai.losses import DiceCELoss
@@ -217,7 +218,7 @@ def learner(self: Plan, dls, # from `plan.dataloaders(fold)`
     "A fastai `Learner` for the plan: DynUNet, deep-supervised DiceCE, Dice per label, whole-volume sliding-window validation."
     model = build_model('DynUNet', **self.network['kwargs'])
     cbs = [SlidingWindowValidation(self.patch_size, overlap=self.inference['overlap'])] + list(kwargs.pop('cbs', []))
-    learn = Learner(dls, model, loss_func=plan_loss(self), metrics=label_metrics(self), cbs=cbs, **kwargs)
+    learn = MedLearner(dls, model, loss_func=plan_loss(self), metrics=label_metrics(self), cbs=cbs, **kwargs)
     if self.training.get('mixed_precision') and dls.device.type == 'cuda': learn = learn.to_fp16()
     return learn
 
