@@ -8,6 +8,7 @@ Docs: https://fastmed.github.io/fastmed/metrics.html.md"""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 import numpy as np
@@ -24,8 +25,8 @@ from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_la
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
            'multi_assd', 'binary_surface_dice', 'multi_surface_dice', 'SurfaceDice', 'binary_sensitivity',
-           'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric',
-           'evaluate_segmentations']
+           'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric', 'LabelDice',
+           'dice_per_label', 'evaluate_segmentations']
 
 # %% ../nbs/08_metrics.ipynb #d20fa773
 def _plain(t:torch.Tensor) -> torch.Tensor:
@@ -331,6 +332,38 @@ class NanAvgMetric(AvgMetric):
     def value(self):
         if not torch.is_tensor(self.count): return None
         return (self.total / self.count).float()  # 0/0 = NaN only where every batch was NaN
+
+# %% ../nbs/08_metrics.ipynb #72081032
+class LabelDice(Metric):
+    "The Dice of one label (or the mean over labels) from an `AccumulatedDice` shared by several `LabelDice`."
+    def __init__(self, dice: AccumulatedDice, # the shared accumulator
+                 index: int | None, # position of the label among the foreground labels; None: their mean
+                 name: str, # column name
+                 owner: bool = False, # this one resets and accumulates the shared sums
+                ):
+        self.dice, self.index, self._name, self.owner = dice, index, name, owner
+    def reset(self):
+        if self.owner: self.dice.reset()
+    def accumulate(self, learn):
+        if self.owner: self.dice.accumulate(learn)
+    @property
+    def name(self): return self._name
+    @property
+    def value(self):
+        v = self.dice.value
+        if v is None: return None
+        v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+        return float(v.nanmean() if self.index is None else v[self.index])
+
+def dice_per_label(codes=None, # label names, background first (as `MedMaskBlock(codes=...)` takes them), or None
+                   n_classes: int | None = None, # classes including background, when no `codes` are given
+                  ) -> list:
+    "fastai metrics: an epoch Dice column per foreground label (`dice_<name>`) and their mean (`dice_mean`)."
+    if (codes is None) == (n_classes is None): raise MedicalInputError('codes/n_classes', "give exactly one of them")
+    n = len(codes) if codes is not None else n_classes
+    dice = AccumulatedDice(n)
+    names = [re.sub(r'\W+', '_', str(codes[l]) if codes is not None else '').strip('_').lower() or f'label_{l}' for l in range(1, n)]
+    return [LabelDice(dice, i, f'dice_{name}', owner=i == 0) for i, name in enumerate(names)] + [LabelDice(dice, None, 'dice_mean')]
 
 # %% ../nbs/08_metrics.ipynb #af911994
 def _label_map(

@@ -32,7 +32,7 @@ from . import batch_augment
 from .cache import preprocess_dataset
 from .patches import patch_dataloaders, SlidingWindowValidation
 from .losses import CustomLoss
-from .metrics import AccumulatedDice
+from .metrics import AccumulatedDice, dice_per_label
 from .checkpoint import CheckpointCallback
 from .export import build_model, save_model, load_model
 from .inference import predict_volume
@@ -42,10 +42,10 @@ from .plan import (Plan, load_plan, save_plan, plan_to_dict, make_plan, add_plan
 
 # %% auto #0
 __all__ = ['make_spheres_dataset', 'normalization_transforms', 'augmentation_transforms', 'DeepSupervisionLoss', 'plan_loss',
-           'LabelDice', 'label_metrics', 'preprocess_cases', 'train_patches_augmented', 'EpochHistory', 'lr_curve',
-           'TimeBudget', 'fit_fold', 'dice_per_label', 'evaluate_case', 'evaluate_fold', 'choose_postprocessing',
-           'cv_table', 'train_fold', 'train_plan', 'load_ensemble', 'largest_component_labels', 'predict_trained',
-           'find_plan', 'train_main']
+           'label_metrics', 'preprocess_cases', 'train_patches_augmented', 'EpochHistory', 'lr_curve', 'TimeBudget',
+           'fit_fold', 'dice_per_label', 'evaluate_case', 'evaluate_fold', 'choose_postprocessing', 'cv_table',
+           'train_fold', 'train_plan', 'load_ensemble', 'largest_component_labels', 'predict_trained', 'find_plan',
+           'train_main']
 
 # %% ../nbs/21_train.ipynb #f0bad1c5
 def _sphere_case(shape, rng) -> tuple:
@@ -139,32 +139,9 @@ def plan_loss(plan: Plan) -> DeepSupervisionLoss:
     return DeepSupervisionLoss(CustomLoss(dice_ce), plan.loss['deep_supervision_weights'])
 
 # %% ../nbs/21_train.ipynb #aaa09f23
-class LabelDice(Metric):
-    "The Dice of one label (or the mean over labels) from an `AccumulatedDice` shared by several `LabelDice`."
-    def __init__(self, dice: AccumulatedDice, # the shared accumulator
-                 index: int | None, # position of the label among the foreground labels; None: their mean
-                 name: str, # column name
-                 owner: bool = False, # this one resets and accumulates the shared sums
-                ):
-        self.dice, self.index, self._name, self.owner = dice, index, name, owner
-    def reset(self):
-        if self.owner: self.dice.reset()
-    def accumulate(self, learn):
-        if self.owner: self.dice.accumulate(learn)
-    @property
-    def name(self): return self._name
-    @property
-    def value(self):
-        v = self.dice.value
-        if v is None: return None
-        v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-        return float(v.nanmean() if self.index is None else v[self.index])
-
 def label_metrics(plan: Plan) -> list:
     "A Dice column per foreground label (named from the plan's labels) and their mean."
-    dice = AccumulatedDice(plan.n_classes)
-    names = [re.sub(r'\W+', '_', plan.labels[str(l)]).strip('_').lower() or f'label_{l}' for l in range(1, plan.n_classes)]
-    return [LabelDice(dice, i, f'dice_{n}', owner=i == 0) for i, n in enumerate(names)] + [LabelDice(dice, None, 'dice_mean')]
+    return dice_per_label([plan.labels.get(str(l), '') for l in range(plan.n_classes)])
 
 # %% ../nbs/21_train.ipynb #e527480e
 def preprocess_cases(plan: Plan, cache_dir, workers: int = 2, progress: bool = True) -> pd.DataFrame:
