@@ -26,7 +26,7 @@ from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_la
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
            'multi_assd', 'binary_surface_dice', 'multi_surface_dice', 'SurfaceDice', 'binary_sensitivity',
            'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric', 'LabelDice',
-           'dice_per_label', 'evaluate_segmentations']
+           'label_dice_metrics', 'evaluate_segmentations']
 
 # %% ../nbs/08_metrics.ipynb #d20fa773
 def _plain(t:torch.Tensor) -> torch.Tensor:
@@ -355,7 +355,7 @@ class LabelDice(Metric):
         v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
         return float(v.nanmean() if self.index is None else v[self.index])
 
-def dice_per_label(codes=None, # label names, background first (as `MedMaskBlock(codes=...)` takes them), or None
+def label_dice_metrics(codes=None, # label names, background first (as `MedMaskBlock(codes=...)` takes them), or None
                    n_classes: int | None = None, # classes including background, when no `codes` are given
                   ) -> list:
     "fastai metrics: an epoch Dice column per foreground label (`dice_<name>`) and their mean (`dice_mean`)."

@@ -32,7 +32,7 @@ from . import batch_augment
 from .cache import preprocess_dataset
 from .patches import patch_dataloaders, SlidingWindowValidation
 from .losses import CustomLoss
-from .metrics import AccumulatedDice, dice_per_label
+from .metrics import AccumulatedDice, label_dice_metrics
 from .checkpoint import CheckpointCallback
 from .export import build_model, save_model, load_model
 from .inference import predict_volume
@@ -141,7 +141,7 @@ def plan_loss(plan: Plan) -> DeepSupervisionLoss:
 # %% ../nbs/21_train.ipynb #aaa09f23
 def label_metrics(plan: Plan) -> list:
     "A Dice column per foreground label (named from the plan's labels) and their mean."
-    return dice_per_label([plan.labels.get(str(l), '') for l in range(plan.n_classes)])
+    return label_dice_metrics([plan.labels.get(str(l), '') for l in range(plan.n_classes)])
 
 # %% ../nbs/21_train.ipynb #e527480e
 def preprocess_cases(plan: Plan, cache_dir, workers: int = 2, progress: bool = True) -> pd.DataFrame:
