@@ -28,9 +28,9 @@ from .core import MedBase, MedImage, MedMask, resolve_preprocessing
 from .dataset import read_header
 
 # %% auto #0
-__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock', 'image_reader',
-           'predicts_masks', 'MedImageDataLoaders', 'pair_image_mask_files', 'show_batch', 'show_results',
-           'plot_top_losses']
+__all__ = ['MedReader', 'MaskCodes', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock',
+           'image_reader', 'predicts_masks', 'MedImageDataLoaders', 'pair_image_mask_files', 'show_batch',
+           'show_results', 'plot_top_losses']
 
 # %% ../nbs/05_data.ipynb #0a9137d7
 def _channel_count(source) -> int:
@@ -71,10 +71,20 @@ class MedReader(DisplayedTransform):
     def __repr__(self): return f"MedReader({self.cls.__name__}, reorder={self.reorder}, resample={self.resample})"
 
 # %% ../nbs/05_data.ipynb #d98fb735
-def MedMaskBlock(codes=None, # class names of the labels (0 = background), for display
+class MaskCodes(DisplayedTransform):
+    "The label names of a mask (`codes`, background first): `dls.vocab`, and the legend of shown `MedMask`s."
+    def __init__(self, codes=None): # label names, background first
+        self.codes = None if codes is None else [str(c) for c in codes]
+        if self.codes is not None: self.vocab, self.c = self.codes, len(self.codes)
+
+    def decodes(self, o: MedMask):
+        if self.codes is not None: o.codes = self.codes
+        return o
+
+def MedMaskBlock(codes=None, # names of the labels, background first: `dls.vocab`, the legend of shown masks, metric names
                 ):
-    "A `TransformBlock` for 3D label maps read as `MedMask`."
-    return TransformBlock(type_tfms=MedMask.create)
+    "A `TransformBlock` for 3D label maps read as `MedMask`, with their label names if given."
+    return TransformBlock(type_tfms=MedMask.create, item_tfms=MaskCodes(codes) if codes is not None else None)
 
 # %% ../nbs/05_data.ipynb #3329ed61
 def _med_reader_for(tfm, reorder, spacing, expected_channels):
@@ -277,6 +287,13 @@ class MedDataBlock(DataBlock):
         super().__init__(blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=item_tfms,
                          batch_tfms=batch_tfms, **kwargs)
 
+    def dataloaders(self, source, path='.', verbose=False, **kwargs):
+        "fastai's `dataloaders`; the codes of a `MedMaskBlock(codes=...)` become `dls.vocab`."
+        dls = super().dataloaders(source, path=path, verbose=verbose, **kwargs)
+        codes = [t.codes for t in dls.train.after_item.fs if isinstance(t, MaskCodes) and t.codes is not None]
+        if codes: dls.vocab = codes[0]
+        return dls
+
     def datasets(self, source, verbose: bool = False):
         "fastai's `datasets`, checking the DataFrame's columns and cells before and the split and classes after."
         df = source if self.get_items is None and isinstance(source, pd.DataFrame) else None
@@ -369,6 +386,17 @@ def _show_pair(img, mask, ax, title=None, **kwargs):
     if mask is None: return ax
     if getattr(mask, 'geometry', None) is None: mask = MedMask.from_data(mask.as_subclass(torch.Tensor), img.geometry)
     mask.show(ctx=ax, **{k: v for k, v in kwargs.items() if k != 'channel'})
+    return _legend(ax, mask)
+
+def _legend(ax, mask):
+    "A legend on `ax` naming the labels of `mask` from its `codes` (colours as `show_medical` draws them)."
+    codes = getattr(mask, 'codes', None)
+    if not codes: return ax
+    top = max(1, int(mask.max()))
+    labels = [int(l) for l in torch.unique(mask.as_subclass(torch.Tensor)) if 0 < l < len(codes)]
+    cmap = plt.get_cmap(ax.images[-1].get_cmap().name) if ax.images else plt.get_cmap('autumn')
+    handles = [plt.matplotlib.patches.Patch(color=cmap(l / top), label=codes[l]) for l in labels]
+    if handles: ax.legend(handles=handles, loc='lower right', fontsize='x-small', framealpha=0.6)
     return ax
 
 # %% ../nbs/05_data.ipynb #a100cbb9
