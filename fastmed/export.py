@@ -19,7 +19,7 @@ from .io import MedicalInputError, atomic_write
 from .core import MedImage, MedMask, normalize_spacing, Decoding
 from .losses import loss_decoding
 from . import transforms as fmt
-from .inference import LearnerPredictor, predict_volume, load_variables
+from .inference import LearnerPredictor, predict_volume, load_variables, Predictor
 from .data import image_reader, predicts_masks
 from .utils import nonfinite_report
 

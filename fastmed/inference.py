@@ -7,6 +7,7 @@ Docs: https://fastmed.github.io/fastmed/inference.html.md"""
 # %% ../nbs/13_inference.ipynb #1938479c
 from __future__ import annotations
 import json, os, tempfile
+from typing import Protocol, runtime_checkable
 from pathlib import Path
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from .utils import size3, prediction_name
 from .patches import SlidingWindowValidation, sliding_window_logits
 
 # %% auto #0
-__all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predictor_threshold',
-           'predict_volume', 'inference', 'store_variables', 'load_variables']
+__all__ = ['preprocess_like_training', 'Predictor', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities',
+           'predictor_threshold', 'predict_volume', 'inference', 'store_variables', 'load_variables']
 
 # %% ../nbs/13_inference.ipynb #705d3cb2
 def preprocess_like_training(dls, source) -> MedImage:
@@ -39,6 +40,17 @@ def _learner_window(learn, roi_size, sw_batch_size, overlap) -> dict | None:
         sw_batch_size, overlap = cb.sw_batch_size, cb.overlap
     if roi_size is None: return None
     return dict(roi_size=size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
+
+# %% ../nbs/13_inference.ipynb #805a4280
+@runtime_checkable
+class Predictor(Protocol):
+    "What `predict_volume` needs of a model: preprocessing, network, activation, window and training grid settings."
+    network: torch.nn.Module  # the network, called on a preprocessed batch (or window by window)
+    window: dict | None  # sliding-window settings (`roi_size`, `sw_batch_size`, `overlap`), None for whole volumes
+    reorder: bool  # the inputs were reoriented to RAS in training
+    resample: tuple | None  # the training spacing in mm, None for the source spacing
+    def preprocess(self, source) -> MedImage: ...  # `source` read and transformed as in validation, a batch of one
+    def activation(self, logits: torch.Tensor) -> torch.Tensor: ...  # probabilities from logits
 
 # %% ../nbs/13_inference.ipynb #971c9374
 class LearnerPredictor:
@@ -63,7 +75,7 @@ class LearnerPredictor:
 # %% ../nbs/13_inference.ipynb #e8e63c61
 def _as_predictor(obj, **window):
     "`obj` itself if it is a predictor (e.g. from `load_model`), a `LearnerPredictor` if it is a `Learner`."
-    if all(hasattr(obj, a) for a in ('preprocess', 'network', 'activation', 'window')): return obj
+    if isinstance(obj, Predictor): return obj
     if isinstance(obj, Learner): return LearnerPredictor(obj, **window)
     raise MedicalInputError(f"learn={type(obj).__name__}: expected a Learner, a model from load_model, or a list of them")
 
