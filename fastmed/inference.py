@@ -17,7 +17,7 @@ from .losses import loss_decoding
 from fastai.learner import Learner
 from .data import image_reader
 from .utils import size3, prediction_name
-from .patches import SlidingWindowValidation, sliding_window_logits
+from .patches import SlidingWindowValidation, sliding_window_logits, PatchDataLoaders
 
 # %% auto #0
 __all__ = ['preprocess_like_training', 'Predictor', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities',
@@ -36,7 +36,7 @@ def _learner_window(learn, roi_size, sw_batch_size, overlap) -> dict | None:
     "Sliding-window settings: from `roi_size`, else from the learner's `SlidingWindowValidation`, else None."
     cb = next((c for c in learn.cbs if isinstance(c, SlidingWindowValidation)), None)
     if roi_size is None and cb is not None:
-        roi_size = cb.roi_size or getattr(learn.dls, 'patch_size', None)
+        roi_size = cb.roi_size or (learn.dls.patch_size if isinstance(learn.dls, PatchDataLoaders) else None)
         sw_batch_size, overlap = cb.sw_batch_size, cb.overlap
     if roi_size is None: return None
     return dict(roi_size=size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)

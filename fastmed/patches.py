@@ -19,7 +19,7 @@ from .utils import size3
 
 # %% auto #0
 __all__ = ['sliding_window_logits', 'SlidingWindow', 'SlidingWindowValidation', 'VolumeSubjects', 'BalancedLabelSampler',
-           'PatchQueue', 'PatchDL', 'patch_dataloaders']
+           'PatchQueue', 'PatchDL', 'PatchDataLoaders', 'patch_dataloaders']
 
 # %% ../nbs/12_patches.ipynb #dd99d066
 def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
@@ -63,7 +63,7 @@ class SlidingWindowValidation(Callback):
 
     def window(self) -> tuple:
         "The window size used: `roi_size`, else the patch size of the learner's DataLoaders."
-        roi = self.roi_size or getattr(self.learn.dls, 'patch_size', None)
+        roi = self.roi_size or (self.learn.dls.patch_size if isinstance(self.learn.dls, PatchDataLoaders) else None)
         if roi is None: raise MedicalInputError("SlidingWindowValidation(roi_size=None): give roi_size, "
                                                 "these DataLoaders have no patch_size")
         return roi
@@ -150,6 +150,20 @@ class PatchDL(TfmdDL):
 
     def create_item(self, s): return _patch_items(self.dataset[s or 0])
 
+# %% ../nbs/12_patches.ipynb #27b053d6
+class PatchDataLoaders(DataLoaders):
+    "fastai `DataLoaders` whose training loader cuts patches of `patch_size` voxels (validation: whole volumes)."
+    def __init__(self, *loaders, # the training (patch) loader and the validation loader
+                 patch_size=None, # training patch size in voxels: int (cubic) or 3 ints
+                 path='.', device=None):
+        super().__init__(*loaders, path=path, device=device)
+        self.patch_size: tuple | None = None if patch_size is None else size3(patch_size, 'patch_size')
+
+    def new_empty(self):
+        "fastai's empty copy (what `learn.export` keeps), with the patch size."
+        res = super().new_empty(); res.patch_size = self.patch_size
+        return res
+
 # %% ../nbs/12_patches.ipynb #192a92f4
 def _patch_sampler(sampler: str, patch_size, pos_fraction, label_probabilities):
     "The TorchIO sampler named by `sampler`: 'label' (balanced) or 'uniform'."
@@ -168,7 +182,7 @@ def patch_dataloaders(dls, # segmentation `DataLoaders` of whole volumes (e.g. f
                       num_workers: int = 0, # processes loading volumes for the queue
                       bs: int | None = None, # patches per training batch; None: `dls.train.bs`
                       val_bs: int = 1, # whole volumes per validation batch (1 unless all have one size)
-                     ) -> DataLoaders:
+                     ) -> PatchDataLoaders:
     "DataLoaders training on patches of `dls`' training volumes and validating on its whole volumes."
     patch_size, bs = size3(patch_size, 'patch_size'), bs or dls.train.bs
     if samples_per_volume < 1: raise MedicalInputError(f"samples_per_volume={samples_per_volume!r}: expected at least 1")
@@ -177,6 +191,4 @@ def patch_dataloaders(dls, # segmentation `DataLoaders` of whole volumes (e.g. f
                        samples_per_volume=samples_per_volume, num_workers=num_workers, start_background=False,
                        sampler=_patch_sampler(sampler, patch_size, pos_fraction, label_probabilities))
     train = PatchDL(queue, bs=bs, drop_last=len(queue) >= bs, after_batch=dls.train.after_batch, device=dls.device)
-    patches = DataLoaders(train, dls.valid.new(bs=val_bs), path=dls.path, device=dls.device)
-    patches.patch_size = patch_size
-    return patches
+    return PatchDataLoaders(train, dls.valid.new(bs=val_bs), patch_size=patch_size, path=dls.path, device=dls.device)
