@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from fastcore.parallel import parallel
 from .io import MedicalInputError, write_nifti, atomic_write, strip_image_suffix
-from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, resolve_preprocessing
+from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, Preprocessing
 from .utils import error_reason
 
 # %% auto #0
@@ -216,6 +216,7 @@ def preprocess_dataset(
     resample=None, # target spacing in mm, a scalar is isotropic (old name)
     apply_reorder=None, # reorient to RAS
     target_spacing=None, # target spacing in mm, a scalar is isotropic
+    preprocessing=None, # a `Preprocessing` (e.g. a plan's) instead of the four arguments above
     mask_cols=None, # column(s) of label-map paths, read as `MedMask` (nearest-neighbour)
     max_workers: int = 4, # threads reading and writing volumes (0: one by one in this thread)
     compress: bool = False, # write `.nii.gz` (smaller, slower to read) instead of `.nii`
@@ -223,7 +224,8 @@ def preprocess_dataset(
 ) -> tuple: # (copy of `df` with cached paths and `<col>_source` columns, failed table: path, column, reason)
     "Reorient/resample every volume in the path columns once, cache it as NIfTI, and point a copy of `df` at the cache."
     cols, mask_cols = _check_arguments(df, cols, mask_cols, max_workers)
-    reorient, spacing = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+    pre = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
+    reorient, spacing = pre.reorder, pre.spacing
     folder = _cache_folder(cache_dir)
     plan = {c: [_plan_cell(v, c in mask_cols, folder, reorient, spacing, compress) for v in df[c]] for c in cols + mask_cols}
     results = _run_tasks([t for ts in plan.values() for t in ts], int(max_workers), progress)

@@ -19,9 +19,10 @@ from .io import MedicalInputError, read_volume, write_nifti
 from .utils import tio_image
 
 # %% auto #0
-__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
-           'Decoding', 'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing', 'resample_to_grid', 'MedBase',
-           'MedImage', 'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice', 'show_medical']
+__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'Preprocessing',
+           'argmax_channels', 'Decoding', 'to_integer_labels', 'reorient_to_ras', 'resample_to_spacing',
+           'resample_to_grid', 'MedBase', 'MedImage', 'MedMask', 'to_source_grid', 'save_medical', 'ras_view',
+           'plane_slice', 'show_medical']
 
 # %% ../nbs/01_core.ipynb #55f4922b
 def _frozen_array(a) -> np.ndarray:
@@ -96,6 +97,29 @@ def resolve_preprocessing(reorder=None, resample=None, apply_reorder=None, targe
         if meaning[old] is not None and meaning[new] is not None and meaning[old] != meaning[new]:
             raise MedicalInputError(f"{old}={given[old]!r} and {new}={given[new]!r} disagree: give one of them")
     return bool(apply_reorder if apply_reorder is not None else reorder), new_spacing or old_spacing
+
+# %% ../nbs/01_core.ipynb #1855cfca
+@dataclass(frozen=True)
+class Preprocessing:
+    "The grid a model sees: reorientation to RAS (`reorder`) and the target spacing in mm (`spacing`; None: the source's)."
+    reorder: bool = False # reorient every volume to the closest RAS+ axis order
+    spacing: tuple | None = None # target spacing in mm (a scalar is isotropic), None keeps each volume's own
+
+    def __post_init__(self):
+        object.__setattr__(self, 'reorder', bool(self.reorder))
+        object.__setattr__(self, 'spacing', normalize_spacing(self.spacing, 'spacing'))
+
+    @classmethod
+    def resolve(cls, reorder=None, resample=None, apply_reorder=None, target_spacing=None,
+                preprocessing=None, # a `Preprocessing` (or any object with `reorder` and `spacing`), instead of the four
+               ) -> Preprocessing:
+        "The settings from fastMONAI's spellings, the newer ones, or a `Preprocessing` object; resolved once, here."
+        if preprocessing is None: return cls(*resolve_preprocessing(reorder, resample, apply_reorder, target_spacing))
+        if any(v is not None for v in (reorder, resample, apply_reorder, target_spacing)):
+            raise MedicalInputError('preprocessing', "give it or the reorder/resample arguments, not both")
+        if not all(hasattr(preprocessing, a) for a in ('reorder', 'spacing')):
+            raise MedicalInputError(f"preprocessing={preprocessing!r}: expected a Preprocessing (reorder, spacing)")
+        return preprocessing if type(preprocessing) is cls else cls(preprocessing.reorder, preprocessing.spacing)
 
 # %% ../nbs/01_core.ipynb #b5350639
 def argmax_channels(x: torch.Tensor, # scores or probabilities
@@ -196,9 +220,11 @@ class MedBase(TensorBase):
         return res
 
     @classmethod
-    def create(cls, source, reorder=None, resample=None, apply_reorder=None, target_spacing=None, expected_channels=None):
+    def create(cls, source, reorder=None, resample=None, apply_reorder=None, target_spacing=None, expected_channels=None,
+               preprocessing=None):
         "Read `source` (path, DICOM folder, or list of channel paths), reorient to RAS and resample if asked."
-        reorient, spacing = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+        pre = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
+        reorient, spacing = pre.reorder, pre.spacing
         data, affine = read_volume(source, expected_channels=expected_channels, labels=cls.is_mask)
         path = ';'.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
         if cls.is_mask and data.shape[0] != 1:

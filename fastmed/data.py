@@ -24,7 +24,7 @@ from fastai.data.transforms import Categorize, MultiCategorize, RegressionSetup
 from fastai.vision.data import ImageBlock, get_grid
 from fastai.torch_core import TensorCategory
 from .io import MedicalInputError, image_suffix, strip_image_suffix
-from .core import MedBase, MedImage, MedMask, resolve_preprocessing
+from .core import MedBase, MedImage, MedMask, Preprocessing
 from .dataset import read_header
 
 # %% auto #0
@@ -45,9 +45,15 @@ class MedReader(DisplayedTransform):
                  reorder: bool = False, # reorient to RAS
                  resample=None, # target spacing in mm (scalar = isotropic), None keeps the source spacing
                  expected_channels: int | None = None, # refuse images with another channel count
+                 preprocessing: Preprocessing | None = None, # the settings as one resolved object, instead of reorder/resample
                 ):
         self.cls, self.expected_channels, self.reference = cls, expected_channels, None
-        self.reorder, self.resample = resolve_preprocessing(reorder, resample)
+        self.preprocessing = Preprocessing.resolve(reorder or None, resample, preprocessing=preprocessing)
+
+    @property
+    def reorder(self) -> bool: return self.preprocessing.reorder
+    @property
+    def resample(self) -> tuple | None: return self.preprocessing.spacing
 
     def setups(self, items):
         "Note the channel count of the first image (header only) as the count every image must have."
@@ -57,7 +63,7 @@ class MedReader(DisplayedTransform):
         except (MedicalInputError, TypeError): pass  # reading that item will say what is wrong with it
 
     def encodes(self, source):
-        item = self.cls.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.expected_channels)
+        item = self.cls.create(source, preprocessing=self.preprocessing, expected_channels=self.expected_channels)
         if self.reference is not None and item.shape[0] != self.reference[0]: self._refuse(source, item.shape[0])
         return item
 
@@ -87,18 +93,18 @@ def MedMaskBlock(codes=None, # names of the labels, background first: `dls.vocab
     return TransformBlock(type_tfms=MedMask.create, item_tfms=MaskCodes(codes) if codes is not None else None)
 
 # %% ../nbs/05_data.ipynb #3329ed61
-def _med_reader_for(tfm, reorder, spacing, expected_channels):
+def _med_reader_for(tfm, preprocessing, expected_channels):
     "A `MedReader` replacing `tfm` if it reads medical volumes, else `tfm` unchanged."
     for cls in (MedImage, MedMask):
         if tfm == cls.create or (isinstance(tfm, MedReader) and tfm.cls is cls):
             channels = expected_channels if cls is MedImage else None
-            return MedReader(cls, reorder=reorder, resample=spacing, expected_channels=channels)
+            return MedReader(cls, preprocessing=preprocessing, expected_channels=channels)
     return tfm
 
 # %% ../nbs/05_data.ipynb #b7b6b14f
-def _with_med_readers(block, reorder, spacing, expected_channels=None):
-    "Copy of `block` whose medical type transforms read with the given settings."
-    type_tfms = [_med_reader_for(t, reorder, spacing, expected_channels) for t in block.type_tfms]
+def _with_med_readers(block, preprocessing, expected_channels=None):
+    "Copy of `block` whose medical type transforms read with the given `Preprocessing`."
+    type_tfms = [_med_reader_for(t, preprocessing, expected_channels) for t in block.type_tfms]
     return TransformBlock(type_tfms=type_tfms, item_tfms=block.item_tfms, batch_tfms=block.batch_tfms,
                           dl_type=getattr(block, 'dl_type', None), dls_kwargs=getattr(block, 'dls_kwargs', None))
 
@@ -277,10 +283,12 @@ class MedDataBlock(DataBlock):
                  apply_reorder=None, # reorient to RAS
                  target_spacing=None, # target spacing in mm; a scalar is isotropic
                  expected_channels=None, # channels every image must have (None: any)
+                 preprocessing=None, # a `Preprocessing` instead of the four arguments above
                  **kwargs):
-        self.reorder, self.resample = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+        self.preprocessing = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
+        self.reorder, self.resample = self.preprocessing.reorder, self.preprocessing.spacing
         blocks = [b() if callable(b) else b for b in (blocks or self.blocks)]
-        blocks = [_with_med_readers(b, self.reorder, self.resample, expected_channels) for b in blocks]
+        blocks = [_with_med_readers(b, self.preprocessing, expected_channels) for b in blocks]
         has_mask = any(isinstance(t, MedReader) and t.cls is MedMask for b in blocks for t in b.type_tfms)
         item_tfms = list(item_tfms or [])
         if has_mask: item_tfms = [CheckPairAlignment()] + item_tfms

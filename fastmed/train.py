@@ -147,8 +147,8 @@ def label_metrics(plan: Plan) -> list:
 def preprocess_cases(plan: Plan, cache_dir, workers: int = 2, progress: bool = True) -> pd.DataFrame:
     "Every case of the plan reoriented/resampled once into `cache_dir`; the table points at the cached volumes."
     cases = pd.DataFrame(plan.cases)
-    cached, failed = preprocess_dataset(cases, 'images', cache_dir, apply_reorder=plan.preprocessing.reorder,
-                                        target_spacing=plan.preprocessing.spacing, mask_cols='label',
+    cached, failed = preprocess_dataset(cases, 'images', cache_dir, preprocessing=plan.preprocessing,
+                                        mask_cols='label',
                                         max_workers=workers, progress=progress)
     if len(failed): raise MedicalInputError(failed.path[0], failed.reason[0])
     return cached
@@ -172,7 +172,7 @@ def dataloaders(self: Plan, fold: int, # fold whose validation cases are held ou
     item, batch = augmentation_transforms(self)
     dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('images'), get_y=ColReader('label'),
                           splitter=ColSplitter('is_val'), item_tfms=normalization_transforms(self) + item, batch_tfms=batch,
-                          apply_reorder=self.preprocessing.reorder, target_spacing=self.preprocessing.spacing,
+                          preprocessing=self.preprocessing,
                           expected_channels=self.n_channels)
     dls = dblock.dataloaders(cached, bs=self.batch_size, num_workers=0, device=_device(self))
     t = self.training
