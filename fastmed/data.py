@@ -337,7 +337,7 @@ class MedImageDataLoaders(DataLoaders):
     @delegates(DataLoaders.from_dblock)
     def from_df(cls, df, path='.', valid_pct=0.2, seed=None, fn_col=0, folder=None, suff='', label_col=1,
                 label_delim=None, y_block=None, valid_col=None, item_tfms=None, batch_tfms=None, reorder=None,
-                resample=None, apply_reorder=None, target_spacing=None, **kwargs):
+                resample=None, apply_reorder=None, target_spacing=None, preprocessing=None, **kwargs):
         "Create from `df` using `fn_col` (image paths) and `label_col` (labels, values or mask paths)."
         if y_block is None: y_block = MultiCategoryBlock if label_delim is not None else CategoryBlock
         if valid_col is not None: _check_valid_col(df, valid_col)
@@ -346,20 +346,21 @@ class MedImageDataLoaders(DataLoaders):
         dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), y_block), get_x=ColReader(fn_col, pref=pref, suff=suff),
                               get_y=ColReader(label_col, label_delim=label_delim), splitter=splitter, item_tfms=item_tfms,
                               batch_tfms=batch_tfms, reorder=reorder, resample=resample, apply_reorder=apply_reorder,
-                              target_spacing=target_spacing)
+                              target_spacing=target_spacing, preprocessing=preprocessing)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
     @classmethod
     @delegates(DataLoaders.from_dblock)
     def from_folders(cls, path, images='images', masks='labels', valid_pct=0.2, seed=None, item_tfms=None,
-                     batch_tfms=None, reorder=None, resample=None, apply_reorder=None, target_spacing=None, **kwargs):
+                     batch_tfms=None, reorder=None, resample=None, apply_reorder=None, target_spacing=None,
+                     preprocessing=None, **kwargs):
         "Segmentation `DataLoaders` from `path/images` and `path/masks`, pairing files by subject name."
         pairs = pair_image_mask_files(Path(path) / images, Path(path) / masks)
         df = pd.DataFrame(pairs, columns=['image', 'mask'])
         dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('image'),
                               get_y=ColReader('mask'), splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=item_tfms,
                               batch_tfms=batch_tfms, reorder=reorder, resample=resample, apply_reorder=apply_reorder,
-                              target_spacing=target_spacing)
+                              target_spacing=target_spacing, preprocessing=preprocessing)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
 # %% ../nbs/05_data.ipynb #a93a8941
