@@ -55,6 +55,11 @@ class MedReader(DisplayedTransform):
     @property
     def resample(self) -> tuple | None: return self.preprocessing.spacing
 
+    def __setstate__(self, state):
+        "Unpickle; a reader pickled before `preprocessing` existed kept `reorder`/`resample`, rebuilt into one."
+        if 'preprocessing' not in state: state['preprocessing'] = Preprocessing(state.pop('reorder', False), state.pop('resample', None))
+        self.__dict__.update(state)
+
     def setups(self, items):
         "Note the channel count of the first image (header only) as the count every image must have."
         self.reference = None
