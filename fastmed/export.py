@@ -7,6 +7,7 @@ Docs: https://fastmed.github.io/fastmed/export.html.md"""
 # %% ../nbs/16_export.ipynb #032cb14e
 from __future__ import annotations
 import hashlib, importlib, inspect, json, math, os, re, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -24,9 +25,9 @@ from .data import image_reader, predicts_masks
 from .utils import nonfinite_report
 
 # %% auto #0
-__all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'build_model', 'architecture_spec',
-           'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel', 'load_model',
-           'load_system_resources']
+__all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'Architecture', 'architecture_of', 'build_model',
+           'architecture_spec', 'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel',
+           'load_model', 'load_system_resources']
 
 # %% ../nbs/16_export.ipynb #6ac1e3cf
 ALLOWED_NETWORK_MODULES = ('monai.networks.nets', 'fastmed', 'torch.nn')  # where load_model may find network classes
@@ -55,14 +56,26 @@ def _to_json_value(name: str, value):
     raise MedicalInputError(f"architecture argument {name}={value!r}: not plain data, cannot be written as JSON")
 
 # %% ../nbs/16_export.ipynb #af4874f5
+@dataclass(frozen=True)
+class Architecture:
+    "How to rebuild a network: its class (an importable name) and its constructor arguments (plain JSON data)."
+    cls: str # the class, e.g. 'monai.networks.nets.unet.UNet'
+    kwargs: dict # its constructor arguments
+    def spec(self) -> dict: return {'class': self.cls, 'kwargs': self.kwargs}
+
+def architecture_of(model: nn.Module) -> Architecture | None:
+    "The `Architecture` that `build_model` recorded on `model` (through `DataParallel`), or None."
+    found = getattr(getattr(model, 'module', model), 'fastmed_architecture', None)
+    return found if isinstance(found, Architecture) else None
+
 def build_model(network, # a network class, or its name ('UNet', 'monai.networks.nets.UNet')
                 **kwargs, # the network's constructor arguments (plain data)
                ) -> nn.Module:
-    "Build `network(**kwargs)` and remember its class and arguments for `save_model`."
+    "Build `network(**kwargs)` and record its `Architecture` for `save_model` (`architecture_of`)."
     cls = _network_class(network) if isinstance(network, str) else network
-    spec = {'class': f"{cls.__module__}.{cls.__qualname__}", 'kwargs': _to_json_value(cls.__name__, kwargs)}
+    arch = Architecture(f"{cls.__module__}.{cls.__qualname__}", _to_json_value(cls.__name__, kwargs))
     model = cls(**kwargs)
-    model.__dict__['fastmed_architecture'] = spec  # a plain attribute, not a parameter or submodule
+    model.fastmed_architecture = arch  # a typed value (not a parameter or submodule), read by `architecture_of`
     return model
 
 # %% ../nbs/16_export.ipynb #c07e3f3e
@@ -89,7 +102,7 @@ def architecture_spec(model: nn.Module, # the trained network
                      ) -> dict:
     "{'class', 'kwargs'} that rebuild `model` (checked: same parameter names and shapes)."
     model = getattr(model, 'module', model)  # DataParallel
-    spec, unread = arch or model.__dict__.get('fastmed_architecture'), []
+    spec, unread = arch or (architecture_of(model).spec() if architecture_of(model) else None), []
     if spec is None:
         cls = type(model)
         kwargs, unread = _constructor_arguments(model)
