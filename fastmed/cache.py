@@ -94,10 +94,11 @@ def _mask_dtype(data: torch.Tensor):
     raise MedicalInputError('mask', f"labels {lo}..{hi} do not fit int32")
 
 # %% ../nbs/11_cache.ipynb #30e6e6d4
-def _write_entry(source, out: Path, key: str, is_mask: bool, reorder: bool, spacing) -> bool:
-    "Read `source` with the settings and write it to `out` plus its sidecar; False if the entry was already complete."
+def _write_entry(source, out: Path, key: str, is_mask: bool, pre: Preprocessing) -> bool:
+    "Read `source` with the settings `pre` and write it to `out` plus its sidecar; False if the entry was already complete."
     if out.exists() and _sidecar_path(out).exists(): return False
-    item = (MedMask if is_mask else MedImage).create(source, reorder=reorder, resample=spacing)
+    item = (MedMask if is_mask else MedImage).create(source, preprocessing=pre)
+    reorder, spacing = pre.reorder, pre.spacing
     data = item.as_subclass(torch.Tensor)
     write_nifti(out, data, item.affine, dtype=_mask_dtype(data) if is_mask else np.float32)
     record = dict(version=CACHE_VERSION, key=key, kind='mask' if is_mask else 'image', reorder=reorder,
@@ -178,14 +179,14 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike)) and str(value) != ''
 
 # %% ../nbs/11_cache.ipynb #40d90060
-def _plan_cell(value, is_mask: bool, folder: Path, reorder: bool, spacing, compress: bool) -> dict:
+def _plan_cell(value, is_mask: bool, folder: Path, pre: Preprocessing, compress: bool) -> dict:
     "The task that caches one DataFrame cell, or {'reason': ...} if its source cannot even be identified."
     if not _is_path(value): return dict(reason=f"no path in this row (got {value!r})")
     source = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
-    try: key = cache_key(source, is_mask, reorder, spacing)
+    try: key = cache_key(source, is_mask, pre.reorder, pre.spacing)
     except Exception as e: return dict(reason=_why(e, source))
     return dict(source=source, out=folder/_cache_name(source, key, compress), key=key, is_mask=is_mask,
-                reorder=reorder, spacing=spacing)
+                pre=pre)
 
 # %% ../nbs/11_cache.ipynb #4de9aadd
 def _run_tasks(tasks: list, max_workers: int, progress: bool) -> dict:
@@ -225,9 +226,8 @@ def preprocess_dataset(
     "Reorient/resample every volume in the path columns once, cache it as NIfTI, and point a copy of `df` at the cache."
     cols, mask_cols = _check_arguments(df, cols, mask_cols, max_workers)
     pre = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
-    reorient, spacing = pre.reorder, pre.spacing
     folder = _cache_folder(cache_dir)
-    plan = {c: [_plan_cell(v, c in mask_cols, folder, reorient, spacing, compress) for v in df[c]] for c in cols + mask_cols}
+    plan = {c: [_plan_cell(v, c in mask_cols, folder, pre, compress) for v in df[c]] for c in cols + mask_cols}
     results = _run_tasks([t for ts in plan.values() for t in ts], int(max_workers), progress)
     out, failed = _assemble(df, plan, results)
     if out.empty:
