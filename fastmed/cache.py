@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.parallel import parallel
-from .io import MedicalInputError, write_nifti, atomic_write
-from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, resolve_preprocessing
-from .dataset import _reason
+from .io import MedicalInputError, write_nifti, atomic_write, strip_image_suffix
+from .core import MedBase, MedImage, MedMask, VolumeGeometry, GridStep, Preprocessing
+from .utils import error_reason
 
 # %% auto #0
 __all__ = ['CACHE_VERSION', 'cache_key', 'cached_geometry', 'load_cached', 'preprocess_dataset']
@@ -52,7 +52,7 @@ def cache_key(source, # a path, a DICOM folder or a list of channel paths
 def _cache_name(source, key: str, compress: bool) -> str:
     "`<source name>_<key>.nii[.gz]` for the cached volume of `source`."
     first = Path(source[0] if isinstance(source, (list, tuple)) else source)
-    stem = re.sub(r'\.(nii(\.gz)?|nrrd|nhdr|mha|mhd)$', '', first.name, flags=re.I)
+    stem = strip_image_suffix(first)
     stem = re.sub(r'[^A-Za-z0-9_.-]', '_', stem)[:60].lstrip('.') or 'volume'
     if isinstance(source, (list, tuple)): stem += f'_{len(source)}ch'
     return f"{stem}_{key}.nii{'.gz' if compress else ''}"
@@ -94,10 +94,11 @@ def _mask_dtype(data: torch.Tensor):
     raise MedicalInputError('mask', f"labels {lo}..{hi} do not fit int32")
 
 # %% ../nbs/11_cache.ipynb #30e6e6d4
-def _write_entry(source, out: Path, key: str, is_mask: bool, reorder: bool, spacing) -> bool:
-    "Read `source` with the settings and write it to `out` plus its sidecar; False if the entry was already complete."
+def _write_entry(source, out: Path, key: str, is_mask: bool, pre: Preprocessing) -> bool:
+    "Read `source` with the settings `pre` and write it to `out` plus its sidecar; False if the entry was already complete."
     if out.exists() and _sidecar_path(out).exists(): return False
-    item = (MedMask if is_mask else MedImage).create(source, reorder=reorder, resample=spacing)
+    item = (MedMask if is_mask else MedImage).create(source, preprocessing=pre)
+    reorder, spacing = pre.reorder, pre.spacing
     data = item.as_subclass(torch.Tensor)
     write_nifti(out, data, item.affine, dtype=_mask_dtype(data) if is_mask else np.float32)
     record = dict(version=CACHE_VERSION, key=key, kind='mask' if is_mask else 'image', reorder=reorder,
@@ -109,7 +110,7 @@ def _write_entry(source, out: Path, key: str, is_mask: bool, reorder: bool, spac
 # %% ../nbs/11_cache.ipynb #ba1e5683
 def _why(e: Exception, source) -> str:
     "One-line reason of `e`; for one file without its leading `'path': ` (a channel list keeps the file's name)."
-    return _reason(e, source) if isinstance(source, str) else ' '.join(str(e).split())
+    return error_reason(e, source) if isinstance(source, str) else ' '.join(str(e).split())
 
 # %% ../nbs/11_cache.ipynb #3405f233
 def _try_entry(task: dict) -> dict:
@@ -178,14 +179,14 @@ def _is_path(value) -> bool:
     return isinstance(value, (str, os.PathLike)) and str(value) != ''
 
 # %% ../nbs/11_cache.ipynb #40d90060
-def _plan_cell(value, is_mask: bool, folder: Path, reorder: bool, spacing, compress: bool) -> dict:
+def _plan_cell(value, is_mask: bool, folder: Path, pre: Preprocessing, compress: bool) -> dict:
     "The task that caches one DataFrame cell, or {'reason': ...} if its source cannot even be identified."
     if not _is_path(value): return dict(reason=f"no path in this row (got {value!r})")
     source = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value)
-    try: key = cache_key(source, is_mask, reorder, spacing)
+    try: key = cache_key(source, is_mask, pre.reorder, pre.spacing)
     except Exception as e: return dict(reason=_why(e, source))
     return dict(source=source, out=folder/_cache_name(source, key, compress), key=key, is_mask=is_mask,
-                reorder=reorder, spacing=spacing)
+                pre=pre)
 
 # %% ../nbs/11_cache.ipynb #4de9aadd
 def _run_tasks(tasks: list, max_workers: int, progress: bool) -> dict:
@@ -216,6 +217,7 @@ def preprocess_dataset(
     resample=None, # target spacing in mm, a scalar is isotropic (old name)
     apply_reorder=None, # reorient to RAS
     target_spacing=None, # target spacing in mm, a scalar is isotropic
+    preprocessing=None, # a `Preprocessing` (e.g. a plan's) instead of the four arguments above
     mask_cols=None, # column(s) of label-map paths, read as `MedMask` (nearest-neighbour)
     max_workers: int = 4, # threads reading and writing volumes (0: one by one in this thread)
     compress: bool = False, # write `.nii.gz` (smaller, slower to read) instead of `.nii`
@@ -223,9 +225,9 @@ def preprocess_dataset(
 ) -> tuple: # (copy of `df` with cached paths and `<col>_source` columns, failed table: path, column, reason)
     "Reorient/resample every volume in the path columns once, cache it as NIfTI, and point a copy of `df` at the cache."
     cols, mask_cols = _check_arguments(df, cols, mask_cols, max_workers)
-    reorient, spacing = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+    pre = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
     folder = _cache_folder(cache_dir)
-    plan = {c: [_plan_cell(v, c in mask_cols, folder, reorient, spacing, compress) for v in df[c]] for c in cols + mask_cols}
+    plan = {c: [_plan_cell(v, c in mask_cols, folder, pre, compress) for v in df[c]] for c in cols + mask_cols}
     results = _run_tasks([t for ts in plan.values() for t in ts], int(max_workers), progress)
     out, failed = _assemble(df, plan, results)
     if out.empty:

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from .io import MedicalInputError, atomic_write
+from .utils import nonfinite_report
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'save_checkpoint', 'load_checkpoint', 'CheckpointCallback']
@@ -65,14 +66,6 @@ def _set_rng_state(learn, s: dict):
         if st is not None and hasattr(dl, 'rng'): dl.rng.setstate(_pytuple(st))
 
 # %% ../nbs/15_checkpoint.ipynb #8b9f6513
-def _nonfinite_report(tensors: dict) -> str | None:
-    "'N of M numbers are NaN or infinite (first in name)' for the floating-point `tensors`, or None if all are finite."
-    floats = {k: t for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point()}
-    bad = {k: int(t.numel() - torch.isfinite(t).sum()) for k, t in floats.items()}
-    if not any(bad.values()): return None
-    first = next(k for k, n in bad.items() if n)
-    return f"{sum(bad.values()):,} of {sum(t.numel() for t in floats.values()):,} numbers are NaN or infinite (first in {first})"
-
 def _flat_tensors(obj, prefix: str) -> dict:
     "{dotted name: tensor} of every tensor in a nested state (an optimizer's `state_dict`)."
     if torch.is_tensor(obj): return {prefix: obj}
@@ -85,7 +78,7 @@ CHECKPOINT_FORMAT = 'fastmed-checkpoint'
 def _check_finite_state(model, opt, path: Path, when: str):
     "Error naming `path` unless `model`'s state and `opt`'s state are all finite numbers; `when` says which epoch."
     state = {**model.state_dict(), **(_flat_tensors(opt.state_dict(), 'optimizer') if opt is not None else {})}
-    report = _nonfinite_report(state)
+    report = nonfinite_report(state)
     if report: raise MedicalInputError(path, f"not written: {when} {report}; the training diverged (a NaN in the data, "
                                              "or too high a learning rate?) and the previous checkpoint is kept")
 
@@ -125,7 +118,7 @@ def load_checkpoint(learn, # a `Learner` with the architecture the checkpoint wa
     path = Path(path)
     meta, tensors = _read_checkpoint(path)
     weights, opt_state = _join_tensors(meta['model'], tensors), _join_tensors(meta['opt'], tensors)
-    report = _nonfinite_report({**weights, **_flat_tensors(opt_state or {}, 'optimizer')})
+    report = nonfinite_report({**weights, **_flat_tensors(opt_state or {}, 'optimizer')})
     if report: raise MedicalInputError(path, f"cannot be resumed: {report} (written by a run that had diverged)")
     model = getattr(learn.model, 'module', learn.model)
     try: model.load_state_dict(weights)

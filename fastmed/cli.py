@@ -16,8 +16,10 @@ with warnings.catch_warnings():
         warnings.simplefilter('ignore', category)
     from fastmed.io import MedicalInputError, atomic_write
     from fastmed.core import save_medical
-    from fastmed.dataset import MedDataset, _image_name
-    from fastmed.inference import predict_volume, _pred_name
+    from fastmed.io import image_suffix
+    from fastmed.utils import prediction_name
+    from fastmed.dataset import MedDataset
+    from fastmed.inference import predict_volume
     from fastmed.postprocess import keep_largest_component, label_volumes
     from fastmed.export import load_model, MedModel
     from fastmed.plan import plan_main
@@ -35,7 +37,7 @@ def _fastmed_outputs(folder: Path) -> set:
 
 def _listed_files(item: Path) -> list:
     "The image files directly in folder `item` (sorted, hidden ones skipped), or [item] for a file or a DICOM folder."
-    images = sorted(p for p in item.iterdir() if p.is_file() and _image_name(p) and not p.name.startswith('.')) if item.is_dir() else []
+    images = sorted(p for p in item.iterdir() if p.is_file() and image_suffix(p) and not p.name.startswith('.')) if item.is_dir() else []
     return images or [item]
 
 # %% ../nbs/22_cli.ipynb #8ed08932
@@ -63,8 +65,8 @@ def _check_apart(out_dir: Path, inputs):
 # %% ../nbs/22_cli.ipynb #ec13a283
 def _mask_name(path: Path, depth: int, hashed: bool) -> str:
     "`<last depth folders>_<scan>_pred.nii.gz`, or `<scan>_<hash of the path>_pred.nii.gz` if `hashed`."
-    if hashed: return _pred_name(path).replace('_pred.nii.gz', f"_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}_pred.nii.gz")
-    return '_'.join([*path.parts[len(path.parts) - 1 - depth:-1], _pred_name(path)])
+    if hashed: return prediction_name(path).replace('_pred.nii.gz', f"_{hashlib.sha256(str(path).encode()).hexdigest()[:8]}_pred.nii.gz")
+    return '_'.join([*path.parts[len(path.parts) - 1 - depth:-1], prediction_name(path)])
 
 def _clashes(names) -> set:
     "Positions of the names that another name equals, ignoring case."

@@ -16,12 +16,13 @@ import matplotlib.pyplot as plt
 from fastai.torch_core import TensorBase
 from fastcore.basics import patch
 from .io import MedicalInputError, read_volume, write_nifti
+from .utils import tio_image
 
 # %% auto #0
-__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'argmax_channels',
-           'to_integer_labels', 'reorient_to_ras', 'resample_labels', 'resample_to_spacing', 'resample_to_grid',
-           'MedBase', 'MedImage', 'MedMask', 'to_source_grid', 'save_medical', 'ras_view', 'plane_slice',
-           'show_medical']
+__all__ = ['GridStep', 'spacing_from_affine', 'VolumeGeometry', 'normalize_spacing', 'resolve_preprocessing', 'Preprocessing',
+           'argmax_channels', 'Decoding', 'to_integer_labels', 'reorient_to_ras', 'resample_labels',
+           'resample_to_spacing', 'resample_to_grid', 'MedBase', 'MedImage', 'MedMask', 'to_source_grid',
+           'save_medical', 'ras_view', 'plane_slice', 'show_medical']
 
 # %% ../nbs/01_core.ipynb #55f4922b
 def _frozen_array(a) -> np.ndarray:
@@ -97,12 +98,60 @@ def resolve_preprocessing(reorder=None, resample=None, apply_reorder=None, targe
             raise MedicalInputError(f"{old}={given[old]!r} and {new}={given[new]!r} disagree: give one of them")
     return bool(apply_reorder if apply_reorder is not None else reorder), new_spacing or old_spacing
 
+# %% ../nbs/01_core.ipynb #1855cfca
+@dataclass(frozen=True)
+class Preprocessing:
+    "The grid a model sees: reorientation to RAS (`reorder`) and the target spacing in mm (`spacing`; None: the source's)."
+    reorder: bool = False # reorient every volume to the closest RAS+ axis order
+    spacing: tuple | None = None # target spacing in mm (a scalar is isotropic), None keeps each volume's own
+
+    def __post_init__(self):
+        object.__setattr__(self, 'reorder', bool(self.reorder))
+        object.__setattr__(self, 'spacing', normalize_spacing(self.spacing, 'spacing'))
+
+    @classmethod
+    def resolve(cls, reorder=None, resample=None, apply_reorder=None, target_spacing=None,
+                preprocessing=None, # a `Preprocessing` (or any object with `reorder` and `spacing`), instead of the four
+               ) -> Preprocessing:
+        "The settings from fastMONAI's spellings, the newer ones, or a `Preprocessing` object; resolved once, here."
+        if preprocessing is None: return cls(*resolve_preprocessing(reorder, resample, apply_reorder, target_spacing))
+        if any(v is not None for v in (reorder, resample, apply_reorder, target_spacing)):
+            raise MedicalInputError('preprocessing', "give it or the reorder/resample arguments, not both")
+        if not all(hasattr(preprocessing, a) for a in ('reorder', 'spacing')):
+            raise MedicalInputError(f"preprocessing={preprocessing!r}: expected a Preprocessing (reorder, spacing)")
+        return preprocessing if type(preprocessing) is cls else cls(preprocessing.reorder, preprocessing.spacing)
+
 # %% ../nbs/01_core.ipynb #b5350639
 def argmax_channels(x: torch.Tensor, # scores or probabilities
                     dim: int = 1, # channel axis
                    ) -> torch.Tensor:
     "Index of the largest channel along `dim` (kept as size 1), the first one on ties — `argmax`, faster on CPU."
     return x.max(dim, keepdim=True).indices
+
+# %% ../nbs/01_core.ipynb #e5eeb563
+@dataclass(frozen=True)
+class Decoding:
+    "How a network's logits become probabilities and labels: the activation and the one-channel threshold."
+    activation: str = 'softmax' # 'softmax' over channels or 'sigmoid' per channel (one channel: always sigmoid)
+    threshold: float = 0.5 # foreground probability of a one-channel output
+
+    def __post_init__(self):
+        if self.activation not in ('sigmoid', 'softmax'):
+            raise MedicalInputError(f"activation={self.activation!r}: expected 'sigmoid' or 'softmax'")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold <= 1:
+            raise MedicalInputError(f"threshold={self.threshold!r}: expected a probability in [0, 1]")
+
+    def probabilities(self, logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Probabilities from `logits`: sigmoid (sigmoid models, one-channel outputs), else softmax over `dim`."
+        return torch.sigmoid(logits) if self.activation == 'sigmoid' or logits.shape[dim] == 1 else torch.softmax(logits, dim)
+
+    def labels(self, probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Labels (size 1 along `dim`) from probabilities: above `threshold` for one channel, else the largest channel."
+        return (probs > self.threshold).long() if probs.shape[dim] == 1 else argmax_channels(probs, dim)
+
+    def decode(self, logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        "Labels from `logits`: `labels(probabilities(logits))`."
+        return self.labels(self.probabilities(logits, dim), dim)
 
 # %% ../nbs/01_core.ipynb #4e9b4a8e
 def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> torch.Tensor:
@@ -127,17 +176,11 @@ def to_integer_labels(data: torch.Tensor, source=None, tol: float = 1e-3) -> tor
                                 "which would wrap it; renumber the labels")
     return labels
 
-# %% ../nbs/01_core.ipynb #a18cdb77
-def _tio_image(data: torch.Tensor, affine, is_mask: bool):
-    "TorchIO image wrapping `data` (C,X,Y,Z) with `affine` (masks as int32: nibabel refuses int64 arrays)."
-    if is_mask: return tio.LabelMap(tensor=data.int(), affine=np.asarray(affine, dtype=np.float64))
-    return tio.ScalarImage(tensor=data, affine=np.asarray(affine, dtype=np.float64))
-
 # %% ../nbs/01_core.ipynb #a8b4ea4f
 def reorient_to_ras(data: torch.Tensor, geometry: VolumeGeometry, is_mask: bool = False) -> tuple:
     "(data, geometry) reoriented to the closest RAS+ axis order (a permutation/flip, no interpolation)."
     if geometry.orientation == 'RAS': return data, geometry
-    out = tio.ToCanonical()(_tio_image(data, geometry.affine, is_mask))
+    out = tio.ToCanonical()(tio_image(data, geometry.affine, is_mask))
     return (out.data.long() if is_mask else out.data), geometry.after('reorient', out.affine, out.spatial_shape, source_orientation=geometry.orientation)
 
 # %% ../nbs/01_core.ipynb #1392c542
@@ -145,7 +188,7 @@ def resample_labels(data: torch.Tensor, affine, spacing) -> tuple:
     "(labels, affine) of the label map `data` (C,X,Y,Z) resampled to `spacing` mm: per-label linear shares, largest wins."
     best = label = out_affine = None
     for value in torch.unique(data).tolist():  # ascending, so a tie (within 1e-6) goes to the higher label
-        out = tio.Resample(spacing, image_interpolation='linear')(_tio_image((data == value).float(), affine, False))
+        out = tio.Resample(spacing, image_interpolation='linear')(tio_image((data == value).float(), affine, False))
         share = out.data
         if best is None: best, label, out_affine = share, torch.full_like(share, value, dtype=torch.long), out.affine
         wins = share >= best - 1e-6
@@ -160,7 +203,7 @@ def resample_to_spacing(data: torch.Tensor, geometry: VolumeGeometry, spacing, i
     if is_mask:
         res, affine = resample_labels(data, geometry.affine, spacing)
         return res, geometry.after('resample', affine, res.shape[1:], spacing=spacing)
-    out = tio.Resample(spacing, image_interpolation='linear')(_tio_image(data, geometry.affine, False))
+    out = tio.Resample(spacing, image_interpolation='linear')(tio_image(data, geometry.affine, False))
     return out.data.float(), geometry.after('resample', out.affine, out.spatial_shape, spacing=spacing)
 
 # %% ../nbs/01_core.ipynb #4380f2c2
@@ -190,9 +233,11 @@ class MedBase(TensorBase):
         return res
 
     @classmethod
-    def create(cls, source, reorder=None, resample=None, apply_reorder=None, target_spacing=None, expected_channels=None):
+    def create(cls, source, reorder=None, resample=None, apply_reorder=None, target_spacing=None, expected_channels=None,
+               preprocessing=None):
         "Read `source` (path, DICOM folder, or list of channel paths), reorient to RAS and resample if asked."
-        reorient, spacing = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+        pre = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
+        reorient, spacing = pre.reorder, pre.spacing
         data, affine = read_volume(source, expected_channels=expected_channels, labels=cls.is_mask)
         path = ';'.join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
         if cls.is_mask and data.shape[0] != 1:

@@ -23,13 +23,14 @@ from fastai.data.transforms import ColReader, ColSplitter, RandomSplitter, ItemT
 from fastai.data.transforms import Categorize, MultiCategorize, RegressionSetup
 from fastai.vision.data import ImageBlock, get_grid
 from fastai.torch_core import TensorCategory
-from .io import MedicalInputError
-from .core import MedBase, MedImage, MedMask, resolve_preprocessing
+from .io import MedicalInputError, image_suffix, strip_image_suffix
+from .core import MedBase, MedImage, MedMask, Preprocessing
 from .dataset import read_header
 
 # %% auto #0
-__all__ = ['MedReader', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock', 'MedImageDataLoaders',
-           'pair_image_mask_files', 'show_batch', 'show_results', 'plot_top_losses']
+__all__ = ['MedReader', 'MaskCodes', 'MedMaskBlock', 'CheckPairAlignment', 'MedDataWarning', 'MedDL', 'MedDataBlock',
+           'image_reader', 'predicts_masks', 'MedImageDataLoaders', 'pair_image_mask_files', 'show_batch',
+           'show_results', 'plot_top_losses']
 
 # %% ../nbs/05_data.ipynb #0a9137d7
 def _channel_count(source) -> int:
@@ -44,9 +45,20 @@ class MedReader(DisplayedTransform):
                  reorder: bool = False, # reorient to RAS
                  resample=None, # target spacing in mm (scalar = isotropic), None keeps the source spacing
                  expected_channels: int | None = None, # refuse images with another channel count
+                 preprocessing: Preprocessing | None = None, # the settings as one resolved object, instead of reorder/resample
                 ):
         self.cls, self.expected_channels, self.reference = cls, expected_channels, None
-        self.reorder, self.resample = resolve_preprocessing(reorder, resample)
+        self.preprocessing = Preprocessing.resolve(reorder or None, resample, preprocessing=preprocessing)
+
+    @property
+    def reorder(self) -> bool: return self.preprocessing.reorder
+    @property
+    def resample(self) -> tuple | None: return self.preprocessing.spacing
+
+    def __setstate__(self, state):
+        "Unpickle; a reader pickled before `preprocessing` existed kept `reorder`/`resample`, rebuilt into one."
+        if 'preprocessing' not in state: state['preprocessing'] = Preprocessing(state.pop('reorder', False), state.pop('resample', None))
+        self.__dict__.update(state)
 
     def setups(self, items):
         "Note the channel count of the first image (header only) as the count every image must have."
@@ -56,7 +68,7 @@ class MedReader(DisplayedTransform):
         except (MedicalInputError, TypeError): pass  # reading that item will say what is wrong with it
 
     def encodes(self, source):
-        item = self.cls.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.expected_channels)
+        item = self.cls.create(source, preprocessing=self.preprocessing, expected_channels=self.expected_channels)
         if self.reference is not None and item.shape[0] != self.reference[0]: self._refuse(source, item.shape[0])
         return item
 
@@ -70,24 +82,34 @@ class MedReader(DisplayedTransform):
     def __repr__(self): return f"MedReader({self.cls.__name__}, reorder={self.reorder}, resample={self.resample})"
 
 # %% ../nbs/05_data.ipynb #d98fb735
-def MedMaskBlock(codes=None, # class names of the labels (0 = background), for display
+class MaskCodes(DisplayedTransform):
+    "The label names of a mask (`codes`, background first): `dls.vocab`, and the legend of shown `MedMask`s."
+    def __init__(self, codes=None): # label names, background first
+        self.codes = None if codes is None else [str(c) for c in codes]
+        if self.codes is not None: self.vocab, self.c = self.codes, len(self.codes)
+
+    def decodes(self, o: MedMask):
+        if self.codes is not None: o.codes = self.codes
+        return o
+
+def MedMaskBlock(codes=None, # names of the labels, background first: `dls.vocab`, the legend of shown masks, metric names
                 ):
-    "A `TransformBlock` for 3D label maps read as `MedMask`."
-    return TransformBlock(type_tfms=MedMask.create)
+    "A `TransformBlock` for 3D label maps read as `MedMask`, with their label names if given."
+    return TransformBlock(type_tfms=MedMask.create, item_tfms=MaskCodes(codes) if codes is not None else None)
 
 # %% ../nbs/05_data.ipynb #3329ed61
-def _med_reader_for(tfm, reorder, spacing, expected_channels):
+def _med_reader_for(tfm, preprocessing, expected_channels):
     "A `MedReader` replacing `tfm` if it reads medical volumes, else `tfm` unchanged."
     for cls in (MedImage, MedMask):
         if tfm == cls.create or (isinstance(tfm, MedReader) and tfm.cls is cls):
             channels = expected_channels if cls is MedImage else None
-            return MedReader(cls, reorder=reorder, resample=spacing, expected_channels=channels)
+            return MedReader(cls, preprocessing=preprocessing, expected_channels=channels)
     return tfm
 
 # %% ../nbs/05_data.ipynb #b7b6b14f
-def _with_med_readers(block, reorder, spacing, expected_channels=None):
-    "Copy of `block` whose medical type transforms read with the given settings."
-    type_tfms = [_med_reader_for(t, reorder, spacing, expected_channels) for t in block.type_tfms]
+def _with_med_readers(block, preprocessing, expected_channels=None):
+    "Copy of `block` whose medical type transforms read with the given `Preprocessing`."
+    type_tfms = [_med_reader_for(t, preprocessing, expected_channels) for t in block.type_tfms]
     return TransformBlock(type_tfms=type_tfms, item_tfms=block.item_tfms, batch_tfms=block.batch_tfms,
                           dl_type=getattr(block, 'dl_type', None), dls_kwargs=getattr(block, 'dls_kwargs', None))
 
@@ -266,15 +288,24 @@ class MedDataBlock(DataBlock):
                  apply_reorder=None, # reorient to RAS
                  target_spacing=None, # target spacing in mm; a scalar is isotropic
                  expected_channels=None, # channels every image must have (None: any)
+                 preprocessing=None, # a `Preprocessing` instead of the four arguments above
                  **kwargs):
-        self.reorder, self.resample = resolve_preprocessing(reorder, resample, apply_reorder, target_spacing)
+        self.preprocessing = Preprocessing.resolve(reorder, resample, apply_reorder, target_spacing, preprocessing)
+        self.reorder, self.resample = self.preprocessing.reorder, self.preprocessing.spacing
         blocks = [b() if callable(b) else b for b in (blocks or self.blocks)]
-        blocks = [_with_med_readers(b, self.reorder, self.resample, expected_channels) for b in blocks]
+        blocks = [_with_med_readers(b, self.preprocessing, expected_channels) for b in blocks]
         has_mask = any(isinstance(t, MedReader) and t.cls is MedMask for b in blocks for t in b.type_tfms)
         item_tfms = list(item_tfms or [])
         if has_mask: item_tfms = [CheckPairAlignment()] + item_tfms
         super().__init__(blocks, dl_type=dl_type, getters=getters, n_inp=n_inp, item_tfms=item_tfms,
                          batch_tfms=batch_tfms, **kwargs)
+
+    def dataloaders(self, source, path='.', verbose=False, **kwargs):
+        "fastai's `dataloaders`; the codes of a `MedMaskBlock(codes=...)` become `dls.vocab`."
+        dls = super().dataloaders(source, path=path, verbose=verbose, **kwargs)
+        codes = [t.codes for t in dls.train.after_item.fs if isinstance(t, MaskCodes) and t.codes is not None]
+        if codes: dls.vocab = codes[0]
+        return dls
 
     def datasets(self, source, verbose: bool = False):
         "fastai's `datasets`, checking the DataFrame's columns and cells before and the split and classes after."
@@ -290,6 +321,20 @@ class MedDataBlock(DataBlock):
         _check_classes(dsets, self.getters, df)
         return dsets
 
+# %% ../nbs/05_data.ipynb #197fb0e2
+def image_reader(dls: DataLoaders, # DataLoaders built by a `MedDataBlock`
+                ) -> MedReader:
+    "The `MedReader` that builds the model's input in `dls` (refused if there is none)."
+    for tfm in dls.valid.dataset.tls[0].tfms.fs:
+        if isinstance(tfm, MedReader): return tfm
+    raise MedicalInputError("dls: these DataLoaders do not read medical volumes (no MedReader in the input pipeline)")
+
+def predicts_masks(dls: DataLoaders, # any fastai DataLoaders
+                  ) -> bool:
+    "True if the targets of `dls` are read as `MedMask`s (a segmentation task)."
+    tls = dls.valid.dataset.tls[dls.n_inp:]
+    return any(isinstance(t, MedReader) and t.cls is MedMask for tl in tls for t in tl.tfms.fs)
+
 # %% ../nbs/05_data.ipynb #7bb91bcd
 class MedImageDataLoaders(DataLoaders):
     "Build 3D medical `DataLoaders` from a DataFrame or from image/mask folders."
@@ -297,7 +342,7 @@ class MedImageDataLoaders(DataLoaders):
     @delegates(DataLoaders.from_dblock)
     def from_df(cls, df, path='.', valid_pct=0.2, seed=None, fn_col=0, folder=None, suff='', label_col=1,
                 label_delim=None, y_block=None, valid_col=None, item_tfms=None, batch_tfms=None, reorder=None,
-                resample=None, apply_reorder=None, target_spacing=None, **kwargs):
+                resample=None, apply_reorder=None, target_spacing=None, preprocessing=None, **kwargs):
         "Create from `df` using `fn_col` (image paths) and `label_col` (labels, values or mask paths)."
         if y_block is None: y_block = MultiCategoryBlock if label_delim is not None else CategoryBlock
         if valid_col is not None: _check_valid_col(df, valid_col)
@@ -306,36 +351,34 @@ class MedImageDataLoaders(DataLoaders):
         dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), y_block), get_x=ColReader(fn_col, pref=pref, suff=suff),
                               get_y=ColReader(label_col, label_delim=label_delim), splitter=splitter, item_tfms=item_tfms,
                               batch_tfms=batch_tfms, reorder=reorder, resample=resample, apply_reorder=apply_reorder,
-                              target_spacing=target_spacing)
+                              target_spacing=target_spacing, preprocessing=preprocessing)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
     @classmethod
     @delegates(DataLoaders.from_dblock)
     def from_folders(cls, path, images='images', masks='labels', valid_pct=0.2, seed=None, item_tfms=None,
-                     batch_tfms=None, reorder=None, resample=None, apply_reorder=None, target_spacing=None, **kwargs):
+                     batch_tfms=None, reorder=None, resample=None, apply_reorder=None, target_spacing=None,
+                     preprocessing=None, **kwargs):
         "Segmentation `DataLoaders` from `path/images` and `path/masks`, pairing files by subject name."
         pairs = pair_image_mask_files(Path(path) / images, Path(path) / masks)
         df = pd.DataFrame(pairs, columns=['image', 'mask'])
         dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('image'),
                               get_y=ColReader('mask'), splitter=RandomSplitter(valid_pct, seed=seed), item_tfms=item_tfms,
                               batch_tfms=batch_tfms, reorder=reorder, resample=resample, apply_reorder=apply_reorder,
-                              target_spacing=target_spacing)
+                              target_spacing=target_spacing, preprocessing=preprocessing)
         return cls.from_dblock(dblock, df, path=path, **kwargs)
 
 # %% ../nbs/05_data.ipynb #a93a8941
-_MED_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd')
-
 def _subject_key(path: Path, drop_last_token: bool) -> str:
     "File name without a medical-image extension (and without its last `_token` if asked)."
-    name = path.name
-    stem = next((name[:-len(s)] for s in _MED_SUFFIXES if name.endswith(s)), path.stem)
+    stem = strip_image_suffix(path) if image_suffix(path) else path.stem
     return stem.rsplit('_', 1)[0] if drop_last_token and '_' in stem else stem
 
 # %% ../nbs/05_data.ipynb #907928b9
 def pair_image_mask_files(image_dir, mask_dir) -> list:
     "[(image, mask)] paths paired by subject name; error naming any file without a partner."
-    images = sorted(p for p in Path(image_dir).iterdir() if p.name.endswith(_MED_SUFFIXES))
-    masks = sorted(p for p in Path(mask_dir).iterdir() if p.name.endswith(_MED_SUFFIXES))
+    images = sorted(p for p in Path(image_dir).iterdir() if image_suffix(p))
+    masks = sorted(p for p in Path(mask_dir).iterdir() if image_suffix(p))
     for drop in (False, True):
         by_key = {_subject_key(m, drop): m for m in masks}
         pairs = [(str(i), str(by_key[_subject_key(i, drop)])) for i in images if _subject_key(i, drop) in by_key]
@@ -357,6 +400,17 @@ def _show_pair(img, mask, ax, title=None, **kwargs):
     if mask is None: return ax
     if getattr(mask, 'geometry', None) is None: mask = MedMask.from_data(mask.as_subclass(torch.Tensor), img.geometry)
     mask.show(ctx=ax, **{k: v for k, v in kwargs.items() if k != 'channel'})
+    return _legend(ax, mask)
+
+def _legend(ax, mask):
+    "A legend on `ax` naming the labels of `mask` from its `codes` (colours as `show_medical` draws them)."
+    codes = getattr(mask, 'codes', None)
+    if not codes: return ax
+    top = max(1, int(mask.max()))
+    labels = [int(l) for l in torch.unique(mask.as_subclass(torch.Tensor)) if 0 < l < len(codes)]
+    cmap = plt.get_cmap(ax.images[-1].get_cmap().name) if ax.images else plt.get_cmap('autumn')
+    handles = [plt.matplotlib.patches.Patch(color=cmap(l / top), label=codes[l]) for l in labels]
+    if handles: ax.legend(handles=handles, loc='lower right', fontsize='x-small', framealpha=0.6)
     return ax
 
 # %% ../nbs/05_data.ipynb #a100cbb9

@@ -17,17 +17,12 @@ import SimpleITK as sitk
 from nibabel.openers import ImageOpener
 from fastcore.basics import patch
 from torchio.data.io import get_ras_affine_from_sitk, get_sitk_metadata_from_ras_affine
-from .io import MedicalInputError, _existing_file, _read_failure, _check_affine, _check_spacing
+from .io import MedicalInputError, existing_file, read_failure, check_affine, check_spacing, image_suffix, strip_image_suffix, IMAGE_SUFFIXES
+from .utils import error_reason
 from .core import MedImage, MedMask, spacing_from_affine, normalize_spacing, resolve_preprocessing
 
 # %% auto #0
 __all__ = ['read_header', 'MedDataset']
-
-# %% ../nbs/04_dataset.ipynb #fd9cd39a
-def _image_name(path) -> str | None:
-    "The image suffix of `path` ('.nii.gz', '.nrrd', ...), or None if it is not an image file name."
-    name = Path(path).name.lower()
-    return next((s for s in ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd') if name.endswith(s)), None)
 
 # %% ../nbs/04_dataset.ipynb #87f72478
 def _check_dims(shape, path):
@@ -45,9 +40,9 @@ def _nifti_header(path) -> tuple:
         nifti2 = 540 in (int.from_bytes(head[:4], 'little'), int.from_bytes(head[:4], 'big'))
         hdr = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(io.BytesIO(head))
         shape, affine, dtype, pixdim = hdr.get_data_shape(), hdr.get_best_affine(), hdr.get_data_dtype(), hdr['pixdim'][1:4]
-    except Exception as e: raise _read_failure(path, e, 'NIfTI') from e
+    except Exception as e: raise read_failure(path, e, 'NIfTI') from e
     _check_dims(shape, path)
-    _check_spacing(pixdim, path)
+    check_spacing(pixdim, path)
     return shape, affine, str(dtype)
 
 # %% ../nbs/04_dataset.ipynb #e1f20083
@@ -59,7 +54,7 @@ def _itk_header(path) -> tuple:
         reader.ReadImageInformation()
         ncomp, pid = reader.GetNumberOfComponents(), reader.GetPixelID()
         shape = tuple(reader.GetSize()) + ((ncomp,) if ncomp > 1 else ())
-    except Exception as e: raise _read_failure(path, e, 'ITK (NRRD/MHA/MHD)') from e
+    except Exception as e: raise read_failure(path, e, 'ITK (NRRD/MHA/MHD)') from e
     _check_dims(shape, path)
     # the numpy name of the pixel type, from a 1-voxel image of that type
     dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], pid, ncomp if ncomp > 1 else 0)).dtype.name
@@ -79,11 +74,11 @@ def _axcodes(affine) -> str:
 def read_header(path, # a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file
                ) -> dict: # path, dim0..2, vx0..2 (mm), orient, dtype, channels and the RAS+ affine
     "Geometry of one image file read from its header only; `MedicalInputError` if it is not a usable 3D image."
-    if _image_name(path) is None:
-        raise MedicalInputError(path, "has an unknown suffix, expected .nii, .nii.gz, .nrrd, .nhdr, .mha or .mhd")
-    path = _existing_file(path)
-    shape, affine, dtype = (_nifti_header if _image_name(path).startswith('.nii') else _itk_header)(path)
-    affine = _check_affine(affine, path)
+    if image_suffix(path) is None:
+        raise MedicalInputError(path, f"has an unknown suffix, expected one of {', '.join(IMAGE_SUFFIXES)}")
+    path = existing_file(path)
+    shape, affine, dtype = (_nifti_header if image_suffix(path).startswith('.nii') else _itk_header)(path)
+    affine = check_affine(affine, path)
     spacing = spacing_from_affine(affine)
     return dict(path=str(path), **{f'dim{i}': int(shape[i]) for i in range(3)}, **{f'vx{i}': spacing[i] for i in range(3)},
                 orient=_axcodes(affine), dtype=dtype, channels=int(shape[3]) if len(shape) == 4 else 1,
@@ -107,21 +102,15 @@ def _image_files(folder, name='path') -> list:
     folder = Path(folder)
     if not folder.exists(): raise MedicalInputError(folder, f"does not exist ({name} must be a folder of images)")
     if not folder.is_dir(): raise MedicalInputError(folder, f"is not a folder ({name} must be a folder; use img_list for files)")
-    files = sorted(p for p in _walk_files(folder) if _image_name(p) and not p.name.startswith('.') and p.is_file())
-    if not files: raise MedicalInputError(folder, "holds no image files (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd)")
+    files = sorted(p for p in _walk_files(folder) if image_suffix(p) and not p.name.startswith('.') and p.is_file())
+    if not files: raise MedicalInputError(folder, f"holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     return files
-
-# %% ../nbs/04_dataset.ipynb #01f087ee
-def _reason(e: Exception, path) -> str:
-    "The one-line reason in `e`, without the leading `'path': ` of a `MedicalInputError`."
-    msg, prefix = ' '.join(str(e).split()), f"'{Path(path)}': "
-    return msg[len(prefix):] if msg.startswith(prefix) else f"{type(e).__name__}: {msg}"
 
 # %% ../nbs/04_dataset.ipynb #60e6b8c5
 def _try_header(path) -> dict:
     "`read_header(path)`, or {'path', 'reason'} with the one-line reason it could not be read."
     try: return read_header(path)
-    except Exception as e: return dict(path=str(path), reason=_reason(e, path))
+    except Exception as e: return dict(path=str(path), reason=error_reason(e, path))
 
 # %% ../nbs/04_dataset.ipynb #38b41399
 class MedDataset:
@@ -218,12 +207,6 @@ def suggest_size(self: MedDataset,
         raise MedicalInputError('multiple', f"expected a positive integer, got {multiple!r}")
     return [int(math.ceil(v / multiple) * multiple) for v in self.get_largest_img_size(resample, reorder)]
 
-# %% ../nbs/04_dataset.ipynb #51ef67d6
-def _stem(path) -> str:
-    "File name of `path` without its image suffix."
-    name, suffix = Path(path).name, _image_name(path)
-    return name[:-len(suffix)] if suffix else Path(path).stem
-
 # %% ../nbs/04_dataset.ipynb #4c3c5a4e
 def _shared_key(a: str, b: str) -> int:
     "Length of the longest common prefix of `a` and `b` that ends at a separator (`_-.`) or the end of both names."
@@ -235,10 +218,10 @@ def _shared_key(a: str, b: str) -> int:
 # %% ../nbs/04_dataset.ipynb #399386c9
 def _pair_masks(masks: list, images: list) -> list:
     "The image paired with each mask by subject name (None where no image is the unique best match)."
-    stems = [_stem(p) for p in images]
+    stems = [strip_image_suffix(p) for p in images]
     out = []
     for m in masks:
-        scores = np.array([_shared_key(_stem(m), s) for s in stems])
+        scores = np.array([_shared_key(strip_image_suffix(m), s) for s in stems])
         best = scores.max() if len(scores) else 0
         out.append(images[int(scores.argmax())] if best > 0 and (scores == best).sum() == 1 else None)
     return out
@@ -248,7 +231,7 @@ def _mask_row(mask, image=None, image_geometry=None) -> dict:
     "Label statistics of one mask file (its voxels are read), or its path and the reason it could not be read."
     row = dict(mask=str(mask), image=None if image is None else str(image))
     try: m = MedMask.create(mask)
-    except Exception as e: return dict(row, reason=_reason(e, mask))
+    except Exception as e: return dict(row, reason=error_reason(e, mask))
     if m.shape[0] != 1: return dict(row, reason=f"has {m.shape[0]} channels, a label map has 1")
     arr = m.as_subclass(torch.Tensor).numpy()[0]
     labels, counts = np.unique(arr, return_counts=True)

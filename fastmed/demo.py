@@ -14,6 +14,7 @@ import torch
 import matplotlib
 import matplotlib.pyplot as plt
 from fastai.learner import Learner
+from .interpret import MedLearner
 import fastai.callback.schedule  # adds fit_one_cycle and lr_find to Learner
 from fastai.data.transforms import ColReader, RandomSplitter
 from fastai.vision.data import ImageBlock
@@ -40,10 +41,10 @@ def demo_dataloaders(study_dir, bs: int = 4, size=(48, 56, 88), seed: int = 0):
     return dblock.dataloaders(df, bs=bs, num_workers=0)
 
 # %% ../nbs/18_demo.ipynb #72b95a5c
-def demo_learner(dls) -> Learner:
+def demo_learner(dls) -> MedLearner:
     "A small 3D UNet with Dice+CE loss and Dice metric."
     model = UNet(spatial_dims=3, in_channels=1, out_channels=1, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1)
-    return Learner(dls, model, loss_func=CustomLoss(DiceCELoss(sigmoid=True)), metrics=binary_dice_score)
+    return MedLearner(dls, model, loss_func=CustomLoss(DiceCELoss(sigmoid=True)), metrics=binary_dice_score)
 
 # %% ../nbs/18_demo.ipynb #a81ed373
 def save_overlay_figure(image: MedImage, mask: MedMask, path, title: str = '') -> Path:

@@ -7,6 +7,7 @@ Docs: https://fastmed.github.io/fastmed/export.html.md"""
 # %% ../nbs/16_export.ipynb #032cb14e
 from __future__ import annotations
 import hashlib, importlib, inspect, json, math, os, re, tempfile
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
@@ -16,16 +17,17 @@ from safetensors.torch import save_model as _save_safetensors, load_model as _lo
 from fasttransform import Pipeline
 import fastmed
 from .io import MedicalInputError, atomic_write
-from .core import MedImage, MedMask, normalize_spacing
+from .core import MedImage, MedMask, normalize_spacing, Decoding
+from .losses import loss_decoding
 from . import transforms as fmt
-from .inference import LearnerPredictor, _image_reader, predict_volume, load_variables
-from .interpret import _predicts_masks
-from .checkpoint import _nonfinite_report
+from .inference import LearnerPredictor, predict_volume, load_variables, Predictor
+from .data import image_reader, predicts_masks
+from .utils import nonfinite_report
 
 # %% auto #0
-__all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'build_model', 'architecture_spec',
-           'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel', 'load_model',
-           'load_system_resources']
+__all__ = ['ALLOWED_NETWORK_MODULES', 'MODEL_FORMAT', 'MODEL_FORMAT_VERSION', 'Architecture', 'architecture_of', 'build_model',
+           'architecture_spec', 'transform_spec', 'transform_from_spec', 'model_contract', 'save_model', 'MedModel',
+           'load_model', 'load_system_resources']
 
 # %% ../nbs/16_export.ipynb #6ac1e3cf
 ALLOWED_NETWORK_MODULES = ('monai.networks.nets', 'fastmed', 'torch.nn')  # where load_model may find network classes
@@ -54,14 +56,26 @@ def _to_json_value(name: str, value):
     raise MedicalInputError(f"architecture argument {name}={value!r}: not plain data, cannot be written as JSON")
 
 # %% ../nbs/16_export.ipynb #af4874f5
+@dataclass(frozen=True)
+class Architecture:
+    "How to rebuild a network: its class (an importable name) and its constructor arguments (plain JSON data)."
+    cls: str # the class, e.g. 'monai.networks.nets.unet.UNet'
+    kwargs: dict # its constructor arguments
+    def spec(self) -> dict: return {'class': self.cls, 'kwargs': self.kwargs}
+
+def architecture_of(model: nn.Module) -> Architecture | None:
+    "The `Architecture` that `build_model` recorded on `model` (through `DataParallel`), or None."
+    found = getattr(getattr(model, 'module', model), 'fastmed_architecture', None)
+    return found if isinstance(found, Architecture) else None
+
 def build_model(network, # a network class, or its name ('UNet', 'monai.networks.nets.UNet')
                 **kwargs, # the network's constructor arguments (plain data)
                ) -> nn.Module:
-    "Build `network(**kwargs)` and remember its class and arguments for `save_model`."
+    "Build `network(**kwargs)` and record its `Architecture` for `save_model` (`architecture_of`)."
     cls = _network_class(network) if isinstance(network, str) else network
-    spec = {'class': f"{cls.__module__}.{cls.__qualname__}", 'kwargs': _to_json_value(cls.__name__, kwargs)}
+    arch = Architecture(f"{cls.__module__}.{cls.__qualname__}", _to_json_value(cls.__name__, kwargs))
     model = cls(**kwargs)
-    model.__dict__['fastmed_architecture'] = spec  # a plain attribute, not a parameter or submodule
+    model.fastmed_architecture = arch  # a typed value (not a parameter or submodule), read by `architecture_of`
     return model
 
 # %% ../nbs/16_export.ipynb #c07e3f3e
@@ -88,7 +102,7 @@ def architecture_spec(model: nn.Module, # the trained network
                      ) -> dict:
     "{'class', 'kwargs'} that rebuild `model` (checked: same parameter names and shapes)."
     model = getattr(model, 'module', model)  # DataParallel
-    spec, unread = arch or model.__dict__.get('fastmed_architecture'), []
+    spec, unread = arch or (architecture_of(model).spec() if architecture_of(model) else None), []
     if spec is None:
         cls = type(model)
         kwargs, unread = _constructor_arguments(model)
@@ -148,12 +162,13 @@ def transform_from_spec(spec: dict):
 # %% ../nbs/16_export.ipynb #b9ce408e
 MODEL_FORMAT, MODEL_FORMAT_VERSION = 'fastmed-model', 1
 
-def _activation_name(learn, out_channels: int) -> str:
-    "'sigmoid' or 'softmax': what `learn`'s loss applies to logits."
-    act = getattr(learn.loss_func, 'activation', None)
-    if act is not None:
-        return 'sigmoid' if getattr(learn.loss_func, 'sigmoid', False) or out_channels == 1 else 'softmax'
-    return 'sigmoid' if 'BCE' in type(learn.loss_func).__name__ or out_channels == 1 else 'softmax'
+def _upgrade_decoding(contract: dict) -> dict:
+    "`contract` with a missing `output.activation`/`threshold` filled as fastmed decoded then: sigmoid for 1 channel, softmax otherwise, 0.5."
+    out = contract.get('output')
+    if isinstance(out, dict) and 'activation' not in out and _is_count(out.get('channels')):
+        out['activation'] = 'sigmoid' if out['channels'] == 1 else 'softmax'
+    if isinstance(out, dict) and 'threshold' not in out: out['threshold'] = 0.5
+    return contract
 
 # %% ../nbs/16_export.ipynb #af14717f
 def _input_shape(learn, window) -> tuple:
@@ -163,7 +178,7 @@ def _input_shape(learn, window) -> tuple:
 
 def _task(learn) -> tuple:
     "('segmentation' | 'classification' | 'regression', class names or None)."
-    if _predicts_masks(learn): return 'segmentation', None
+    if predicts_masks(learn.dls): return 'segmentation', None
     vocab = getattr(learn.dls, 'vocab', None)
     return ('classification', [str(v) for v in vocab]) if vocab is not None else ('regression', None)
 
@@ -173,20 +188,22 @@ def model_contract(learn, # a trained `Learner`
                    class_names=None, # names of the output classes/labels (default: the DataLoaders' vocab)
                    threshold: float = 0.5, # foreground probability threshold for one-channel outputs
                    roi_size=None, # predict by sliding window with this window (default: the learner's own setting)
+                   activation: str | None = None, # 'sigmoid' or 'softmax'; None: the loss's (`loss_decoding`)
                   ) -> dict:
     "The JSON-able contract of `learn`: architecture, input preprocessing, inference window and output decoding."
-    reader, window = _image_reader(learn.dls), LearnerPredictor(learn, roi_size=roi_size).window
+    reader, window = image_reader(learn.dls), LearnerPredictor(learn, roi_size=roi_size).window
     shape = _input_shape(learn, window)
     transforms = [s for s in map(transform_spec, list(learn.dls.valid.after_item.fs)) if s is not None]
     task, names = _task(learn)
     with torch.no_grad(): out_channels = int(learn.model.eval()(torch.zeros(1, *shape, device=_device(learn.model))).shape[1])
+    decoding = loss_decoding(learn.loss_func, activation, threshold, out_channels)
     return {'format': MODEL_FORMAT, 'format_version': MODEL_FORMAT_VERSION, 'fastmed_version': fastmed.__version__,
             'architecture': architecture_spec(learn.model, arch),
             'input': {'channels': shape[0], 'shape': list(shape), 'reorder': reader.reorder,
                       'resample': None if reader.resample is None else list(reader.resample), 'transforms': transforms},
             'inference': {'window': _to_json_value('window', window)},
-            'output': {'task': task, 'channels': out_channels, 'activation': _activation_name(learn, out_channels),
-                       'threshold': threshold, 'class_names': _to_json_value('class_names', class_names or names)}}
+            'output': {'task': task, 'channels': out_channels, 'activation': decoding.activation,
+                       'threshold': decoding.threshold, 'class_names': _to_json_value('class_names', class_names or names)}}
 
 def _device(model): return next(model.parameters()).device
 
@@ -216,15 +233,16 @@ def save_model(learn, # a trained `Learner`
                class_names=None, # names of the output classes/labels
                threshold: float = 0.5, # foreground probability threshold for one-channel outputs
                roi_size=None, # predict by sliding window with this window (default: the learner's own setting)
+               activation: str | None = None, # 'sigmoid' or 'softmax' the model decodes with; None: its loss's
               ) -> Path:
     "Write `learn`'s network as safetensors weights plus a JSON contract; returns the contract's path."
     if isinstance(learn, (str, Path)) or not hasattr(learn, 'dls'):
         raise MedicalInputError(f"learn={type(learn).__name__}: fastmed's save_model(learn, path) takes a Learner "
                                 "(fastai's checkpoint function is fastai.learner.save_model)")
     weights, contract_path = _model_paths(path)
-    report = _nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
+    report = nonfinite_report(getattr(learn.model, 'module', learn.model).state_dict())
     if report: raise MedicalInputError(weights, f"not written: the network's {report}; the training diverged")
-    contract = model_contract(learn, arch, class_names, threshold, roi_size)
+    contract = model_contract(learn, arch, class_names, threshold, roi_size, activation)
     device = _device(learn.model)
     try: _check_rebuilt(learn.model, contract)
     finally: learn.model.to(device)
@@ -252,9 +270,14 @@ class MedModel:
         image = MedImage.create(source, reorder=self.reorder, resample=self.resample, expected_channels=self.channels)
         return self.transforms((image,))[0][None]
 
+    @property
+    def decoding(self) -> Decoding:
+        "The contract's decoding: activation and one-channel threshold."
+        return Decoding(self.contract['output']['activation'], float(self.contract['output']['threshold']))
+
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
         "Probabilities from logits (the contract's sigmoid or softmax)."
-        return torch.sigmoid(logits) if self.contract['output']['activation'] == 'sigmoid' else logits.softmax(1)
+        return self.decoding.probabilities(logits)
 
     @property
     def threshold(self) -> float:
@@ -346,7 +369,7 @@ def _read_contract(path: Path) -> dict:
         raise MedicalInputError(path, f"model format version {version} was written by a newer fastmed "
                                       f"({contract.get('fastmed_version')}); this fastmed {fastmed.__version__} reads "
                                       f"version {MODEL_FORMAT_VERSION}: upgrade fastmed")
-    _check_contract(contract, path)
+    _check_contract(_upgrade_decoding(contract), path)
     return contract
 
 # %% ../nbs/16_export.ipynb #835c40ea
@@ -444,7 +467,7 @@ def load_model(path, # model name, its .json or .safetensors file; or a pickled 
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try: _load_safetensors(network, str(weights), strict=True, device=str(device))
     except Exception as e: raise MedicalInputError(weights, f"weights do not fit {contract['architecture']['class']}: {' '.join(str(e).split())[:300]}") from e
-    report = _nonfinite_report(network.state_dict())
+    report = nonfinite_report(network.state_dict())
     if report: raise MedicalInputError(weights, f"{report}: the model was saved from a training run that had diverged")
     try: return MedModel(network.to(device), contract)
     except ValueError as e: raise MedicalInputError(contract_path, f"input.transforms: {e}") from e

@@ -31,8 +31,8 @@ import pandas as pd
 from fastprogress.fastprogress import progress_bar
 
 from .io import MedicalInputError, write_nifti
-from .synthetic import _save_csv
-from .dataset import _image_name
+from .utils import save_csv
+from .io import image_suffix, atomic_move, IMAGE_SUFFIXES
 
 # %% auto #0
 __all__ = ['MEDMNIST3D_STUDIES', 'MSD_TASKS', 'RESOURCES', 'offline_mode', 'data_folder', 'Resource', 'file_digest',
@@ -237,7 +237,7 @@ def download_url(url:str,            # http(s) URL of the file
         resumed = part.exists() and part.stat().st_size > 0
         _fetch_to(url, part, timeout, progress, retries)
         why = _mismatch(part, md5, sha256, size)
-        if why is None: os.replace(part, dest); return dest
+        if why is None: return atomic_move(part, dest)
         if not resumed: break
     part.unlink(missing_ok=True)
     raise MedicalInputError(f"{url} -> {dest}", f"the download does not match: {why}; the bad file was deleted")
@@ -426,7 +426,7 @@ def safe_extract(archive,                    # A tar, tar.gz (.bz2, .xz) or zip 
         (src/_MARKER).write_text(json.dumps({'archive': archive.name, 'bytes': archive.stat().st_size}))
         src.chmod(0o755)
         if dest.exists(): dest.rmdir()
-        os.replace(src, dest)
+        atomic_move(src, dest)
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
@@ -574,7 +574,7 @@ def _is_ixi_tiny(folder:Path) -> bool: return (folder/'image').is_dir()
 
 def _write_table(table:pd.DataFrame, fname:Path):
     "Write `table` to the CSV `fname` atomically, or say in one line why the folder cannot take it."
-    try: _save_csv(table, fname)
+    try: save_csv(table, fname)
     except OSError as e: raise MedicalInputError(fname.parent, f"cannot take {fname.name} ({e.strerror}); copy the data set to a writable folder") from None
 
 # %% ../nbs/17_external.ipynb #74704bcf
@@ -671,7 +671,7 @@ def _volume_files(folder:Path) -> dict[str, Path]:
     "{name without suffix: file} of the image files in `folder` ({} if absent); hidden files such as macOS `._*` skipped."
     files = {}
     for f in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if f.name.startswith('.') or not f.is_file() or not (sfx := _image_name(f)): continue
+        if f.name.startswith('.') or not f.is_file() or not (sfx := image_suffix(f)): continue
         if (name := f.name[:-len(sfx)]) in files: raise MedicalInputError(f, f"and {files[name].name} are two files for case '{name}'")
         files[name] = f
     return files
@@ -704,7 +704,7 @@ def _channel_cases(images:dict, labels:dict|None, split:bool, expected:tuple|Non
 def _named_tables(folder:Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(image/label table, test image table) of a task folder without file lists: images and labels paired by name."
     images, labels = _volume_files(folder/'imagesTr'), _volume_files(folder/'labelsTr')
-    if not images: raise MedicalInputError(folder/'imagesTr', "holds no image files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)")
+    if not images: raise MedicalInputError(folder/'imagesTr', f"holds no image files ({', '.join(IMAGE_SUFFIXES)})")
     split = any(name not in labels for name in images)  # some names are not labels' names: nnU-Net channel files
     cases = _channel_cases(images, labels, split)
     if orphan := next((f for case, f in labels.items() if case not in cases), None):

@@ -15,24 +15,21 @@ import nibabel as nib
 from scipy import ndimage
 from fastcore.parallel import parallel
 import fastmed
-from .io import MedicalInputError, atomic_write, read_volume
+from .io import MedicalInputError, atomic_write, read_volume, image_suffix, IMAGE_SUFFIXES
 from .core import to_integer_labels
 from .dataset import read_header
 from .cache import cache_key
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'FINGERPRINT_FORMAT', 'FINGERPRINT_VERSION', 'split_image_name', 'read_dataset_json', 'pair_cases',
-           'DatasetCases', 'msd_cases', 'folder_cases', 'csv_cases', 'find_cases', 'ras_geometry', 'label_statistics',
+__all__ = ['FINGERPRINT_FORMAT', 'FINGERPRINT_VERSION', 'split_image_name', 'read_dataset_json', 'pair_cases', 'DatasetCases',
+           'msd_cases', 'folder_cases', 'csv_cases', 'find_cases', 'ras_geometry', 'label_statistics',
            'intensity_statistics', 'case_fingerprint', 'check_fingerprint', 'fingerprint_dataset']
 
 # %% ../nbs/19_fingerprint.ipynb #fe7ad76a
-IMAGE_SUFFIXES = ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd')  # image files a layout may hold
-
 def split_image_name(path, # a file name or path
                     ) -> tuple | None: # (stem, suffix), or None if the name has no image suffix
     "The name of an image file split into its stem and its image suffix ('case_0000', '.nii.gz')."
-    name = Path(path).name
-    suffix = next((s for s in IMAGE_SUFFIXES if name.lower().endswith(s)), None)
+    name, suffix = Path(path).name, image_suffix(path)  # the one suffix table, `fastmed.io.IMAGE_SUFFIXES`
     return None if suffix is None else (name[:-len(suffix)], name[-len(suffix):])
 
 # %% ../nbs/19_fingerprint.ipynb #48435cec

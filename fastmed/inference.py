@@ -7,31 +7,26 @@ Docs: https://fastmed.github.io/fastmed/inference.html.md"""
 # %% ../nbs/13_inference.ipynb #1938479c
 from __future__ import annotations
 import json, os, tempfile
+from typing import Protocol, runtime_checkable
 from pathlib import Path
 import numpy as np
 import torch
 from .io import MedicalInputError, atomic_write
-from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels
+from .core import MedBase, MedImage, MedMask, VolumeGeometry, to_source_grid, save_medical, normalize_spacing, argmax_channels, Decoding
+from .losses import loss_decoding
 from fastai.learner import Learner
-from .data import MedReader
-from .transforms import _size3
-from .patches import SlidingWindowValidation, sliding_window_logits
+from .data import image_reader
+from .utils import size3, prediction_name
+from .patches import SlidingWindowValidation, sliding_window_logits, PatchDataLoaders
 
 # %% auto #0
-__all__ = ['preprocess_like_training', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities', 'predictor_threshold',
-           'predict_volume', 'inference', 'store_variables', 'load_variables']
-
-# %% ../nbs/13_inference.ipynb #9131aaef
-def _image_reader(dls) -> MedReader:
-    "The `MedReader` that builds the model's input in `dls`."
-    for tfm in dls.valid.dataset.tls[0].tfms.fs:
-        if isinstance(tfm, MedReader): return tfm
-    raise MedicalInputError("dls: these DataLoaders do not read medical volumes (no MedReader in the input pipeline)")
+__all__ = ['preprocess_like_training', 'Predictor', 'LearnerPredictor', 'decode_probabilities', 'native_probabilities',
+           'predictor_threshold', 'predict_volume', 'inference', 'store_variables', 'load_variables']
 
 # %% ../nbs/13_inference.ipynb #705d3cb2
 def preprocess_like_training(dls, source) -> MedImage:
     "`source` read and transformed as the validation items of `dls` are (a batch of one)."
-    item = _image_reader(dls)(source)
+    item = image_reader(dls)(source)
     item = dls.valid.after_item((item,))[0]
     batch = dls.valid.after_batch((item[None],))[0]
     return batch
@@ -41,10 +36,21 @@ def _learner_window(learn, roi_size, sw_batch_size, overlap) -> dict | None:
     "Sliding-window settings: from `roi_size`, else from the learner's `SlidingWindowValidation`, else None."
     cb = next((c for c in learn.cbs if isinstance(c, SlidingWindowValidation)), None)
     if roi_size is None and cb is not None:
-        roi_size = cb.roi_size or getattr(learn.dls, 'patch_size', None)
+        roi_size = cb.roi_size or (learn.dls.patch_size if isinstance(learn.dls, PatchDataLoaders) else None)
         sw_batch_size, overlap = cb.sw_batch_size, cb.overlap
     if roi_size is None: return None
-    return dict(roi_size=_size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
+    return dict(roi_size=size3(roi_size, 'roi_size'), sw_batch_size=sw_batch_size, overlap=overlap)
+
+# %% ../nbs/13_inference.ipynb #805a4280
+@runtime_checkable
+class Predictor(Protocol):
+    "What `predict_volume` needs of a model: preprocessing, network, activation, window and training grid settings."
+    network: torch.nn.Module  # the network, called on a preprocessed batch (or window by window)
+    window: dict | None  # sliding-window settings (`roi_size`, `sw_batch_size`, `overlap`), None for whole volumes
+    reorder: bool  # the inputs were reoriented to RAS in training
+    resample: tuple | None  # the training spacing in mm, None for the source spacing
+    def preprocess(self, source) -> MedImage: ...  # `source` read and transformed as in validation, a batch of one
+    def activation(self, logits: torch.Tensor) -> torch.Tensor: ...  # probabilities from logits
 
 # %% ../nbs/13_inference.ipynb #971c9374
 class LearnerPredictor:
@@ -54,7 +60,7 @@ class LearnerPredictor:
                  sw_batch_size: int = 4, # windows per forward pass
                  overlap: float = 0.25, # overlap of neighbouring windows
                 ):
-        self.learn, self.reader = learn, _image_reader(learn.dls)
+        self.learn, self.reader = learn, image_reader(learn.dls)
         self.window = _learner_window(learn, roi_size, sw_batch_size, overlap)
         self.reorder, self.resample = self.reader.reorder, self.reader.resample
 
@@ -63,15 +69,13 @@ class LearnerPredictor:
     def preprocess(self, source) -> MedImage: return preprocess_like_training(self.learn.dls, source)
 
     def activation(self, logits: torch.Tensor) -> torch.Tensor:
-        "Probabilities from logits with the loss's activation (sigmoid for one channel, softmax otherwise)."
-        act = getattr(self.learn.loss_func, 'activation', None)
-        if act is not None: return act(logits)
-        return torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(1)
+        "Probabilities from logits with the decoding of the learner's loss (`loss_decoding`)."
+        return loss_decoding(self.learn.loss_func, n_channels=logits.shape[1]).probabilities(logits)
 
 # %% ../nbs/13_inference.ipynb #e8e63c61
 def _as_predictor(obj, **window):
     "`obj` itself if it is a predictor (e.g. from `load_model`), a `LearnerPredictor` if it is a `Learner`."
-    if all(hasattr(obj, a) for a in ('preprocess', 'network', 'activation', 'window')): return obj
+    if isinstance(obj, Predictor): return obj
     if isinstance(obj, Learner): return LearnerPredictor(obj, **window)
     raise MedicalInputError(f"learn={type(obj).__name__}: expected a Learner, a model from load_model, or a list of them")
 
@@ -94,9 +98,8 @@ def _forward_probabilities(predictor, batch: torch.Tensor, flips=((),)) -> torch
 
 # %% ../nbs/13_inference.ipynb #fbbf3077
 def decode_probabilities(probs: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    "Labels (1,X,Y,Z) from probabilities (C,X,Y,Z): threshold for one channel, argmax otherwise."
-    if probs.shape[0] == 1: return (probs > threshold).long()
-    return argmax_channels(probs, 0).long()
+    "Labels (1,X,Y,Z) from probabilities (C,X,Y,Z): threshold for one channel, argmax otherwise (`Decoding.labels`)."
+    return Decoding(threshold=float(threshold)).labels(probs, 0)
 
 # %% ../nbs/13_inference.ipynb #ca3fee16
 def native_probabilities(predictor, # a predictor (see `LearnerPredictor`) or a model from `load_model`
@@ -137,15 +140,6 @@ def predict_volume(learn, # a `Learner`, a model from `load_model`, or a list of
     if threshold is None: threshold = predictor_threshold(members)
     return MedMask.from_data(decode_probabilities(total / len(members), threshold), geometry)
 
-# %% ../nbs/13_inference.ipynb #2ba96623
-def _pred_name(source) -> str:
-    "`<name>_pred.nii.gz` for a source file, folder or channel list."
-    first = Path(source[0] if isinstance(source, (list, tuple)) else source)
-    name = first.name
-    for suffix in ('.nii.gz', '.nii', '.nrrd', '.nhdr', '.mha', '.mhd'):
-        if name.endswith(suffix): name = name[:-len(suffix)]; break
-    return f"{name}_pred.nii.gz"
-
 # %% ../nbs/13_inference.ipynb #518ee8bb
 def _check_matches_training(predictor, reorder, resample):
     "Error if `reorder`/`resample` given by the caller differ from what the model was trained with."
@@ -167,7 +161,7 @@ def inference(learn, # a `Learner`, a model from `load_model`, or a list of them
     for member in (learn if isinstance(learn, (list, tuple)) else [learn]):
         _check_matches_training(_as_predictor(member), reorder, resample)
     mask = predict_volume(learn, fn, threshold, tta=tta)
-    if save_path is not None: save_medical(mask, Path(save_path) / _pred_name(fn))
+    if save_path is not None: save_medical(mask, Path(save_path) / prediction_name(fn))
     return mask
 
 # %% ../nbs/13_inference.ipynb #64cde42a

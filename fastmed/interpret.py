@@ -15,11 +15,12 @@ from fastai.callback.core import Callback
 from fastai.interpret import Interpretation
 from fastai.vision.data import get_grid
 from fastcore.basics import patch
-from .core import MedImage, MedMask, ras_view, plane_slice
+from .core import MedImage, MedMask, ras_view, plane_slice, argmax_channels, Decoding
+from .losses import loss_decoding
 from .metrics import evaluate_segmentations
 
 # %% auto #0
-__all__ = ['RegressionInterpretation', 'SegmentationInterpretation', 'FlipInputCallback', 'tta_segmentation']
+__all__ = ['RegressionInterpretation', 'SegmentationInterpretation', 'FlipInputCallback', 'tta_segmentation', 'MedLearner']
 
 # %% ../nbs/14_interpret.ipynb #acdf4d54
 class RegressionInterpretation(Interpretation):
@@ -78,16 +79,6 @@ def plot_top_losses(self: RegressionInterpretation,
         ax.set_title(f"{float(self.preds[i, 0]):.3g} / {float(self.targs[i, 0]):.3g} / {loss:.3g}")
     return axs
 
-# %% ../nbs/14_interpret.ipynb #d659f8a3
-def _channel_argmax(x: torch.Tensor) -> torch.Tensor:
-    "Index (B,1,...) of the largest channel of `x` (B,C,...), the first one on ties, like `argmax(1, keepdim=True)`."
-    return x.max(1, keepdim=True).indices
-
-# %% ../nbs/14_interpret.ipynb #69e220c6
-def _label_map(pred: torch.Tensor) -> torch.Tensor:
-    "Labels (B,1,...) from logits (B,C,...): sigmoid > 0.5 for one channel, argmax otherwise (as the metrics decide)."
-    return (torch.sigmoid(pred) > 0.5).long() if pred.shape[1] == 1 else _channel_argmax(pred)
-
 # %% ../nbs/14_interpret.ipynb #1dc2f8d2
 _TABLE_COLUMNS = (('dice', 'dice'), ('hd95', 'hd95_mm'), ('assd', 'assd_mm'), ('surface_dice', 'surface_dice'),
                   ('vol_true', 'vol_target_ml'), ('vol_pred', 'vol_pred_ml'))  # (wide prefix, evaluate_segmentations column)
@@ -97,9 +88,10 @@ def _case_scores(pred: torch.Tensor, # logits of one case, (1, C, X, Y, Z)
                  targ: torch.Tensor, # labels of that case, (1, 1, X, Y, Z)
                  geometry, # the case's `VolumeGeometry` (spacing for distances and volumes), or None
                  names: list, # names of the foreground classes
+                 decoding: Decoding = Decoding(), # the model's decoding (`loss_decoding` of its loss)
                 ) -> dict:
     "One wide row of `evaluate_segmentations` for one case: Dice, distances (mm) and volumes (mL) per class."
-    labels = _label_map(pred.as_subclass(torch.Tensor))[0].cpu()
+    labels = decoding.decode(pred.as_subclass(torch.Tensor))[0].cpu()
     truth = targ.as_subclass(torch.Tensor)[0].long().cpu()
     if pred.shape[1] <= 2: truth = (truth > 0).long()  # binary models score foreground against any label
     wrap = (lambda t: MedMask.from_data(t, geometry)) if geometry is not None else (lambda t: t)
@@ -125,7 +117,8 @@ class _CaseMetrics(Callback):
         if self.pred.shape[0] != 1: raise ValueError(f"per-case metrics need batches of one, got {self.pred.shape[0]}")
         names = self.names or [str(c) for c in range(1, max(2, self.pred.shape[1]))]
         self.rows.append({'source': self.source, 'loss': float(self.loss.reshape(-1)[0]),
-                          **_case_scores(self.pred.float(), self.yb[0], self.geometry, names)})
+                          **_case_scores(self.pred.float(), self.yb[0], self.geometry, names,
+                                        loss_decoding(self.learn.loss_func, n_channels=self.pred.shape[1]))})
 
 # %% ../nbs/14_interpret.ipynb #6fbb8f50
 class SegmentationInterpretation(fastai.interpret.SegmentationInterpretation):
@@ -191,7 +184,7 @@ def case(self: SegmentationInterpretation,
     "(image `MedImage`, ground truth, prediction) of case `i`, labels as (X,Y,Z) arrays."
     inps, _, targs, decoded, _ = self[[i]]
     labels = decoded  # the loss's `decodes` (labels), or probabilities when the loss has none
-    if labels.is_floating_point(): labels = (labels > 0.5).long() if labels.shape[1] == 1 else _channel_argmax(labels)
+    if labels.is_floating_point(): labels = Decoding().labels(labels)
     return inps[0], targs[0, 0].numpy(), labels[0, 0].numpy()
 
 # %% ../nbs/14_interpret.ipynb #af184b51
@@ -266,20 +259,14 @@ def tta_segmentation(learn, # a segmentation `Learner`
 
 # %% ../nbs/14_interpret.ipynb #900185fb
 from fastai.learner import Learner
-from .data import MedReader
+from .data import predicts_masks
 
-_fastai_tta = getattr(Learner.tta, 'fastai_tta', Learner.tta)  # fastai's own, even if this module is reloaded
-
-def _predicts_masks(learn) -> bool:
-    "True if `learn`'s targets are read as `MedMask`s."
-    tls = learn.dls.valid.dataset.tls[learn.dls.n_inp:]
-    return any(isinstance(t, MedReader) and t.cls is MedMask for tl in tls for t in tl.tfms.fs)
 
 # %% ../nbs/14_interpret.ipynb #99e3ca66
-@patch
-def tta(self: Learner, ds_idx=1, dl=None, n=4, item_tfms=None, batch_tfms=None, beta=0.25, use_max=False):
-    "fastai's TTA; for segmentation, flip TTA with every flip undone: (mean probabilities, targets)."
-    if not _predicts_masks(self): return _fastai_tta(self, ds_idx, dl, n, item_tfms, batch_tfms, beta, use_max)
-    mean, _, targs = tta_segmentation(self, dl=dl, ds_idx=ds_idx)
-    return mean, targs
-Learner.tta.fastai_tta = _fastai_tta
+class MedLearner(Learner):
+    "A fastai `Learner` whose `tta` undoes flips for segmentation; everything else is fastai's."
+    def tta(self, ds_idx=1, dl=None, n=4, item_tfms=None, batch_tfms=None, beta=0.25, use_max=False):
+        "fastai's TTA; for segmentation, flip TTA with every flip undone: (mean probabilities, targets)."
+        if not predicts_masks(self.dls): return super().tta(ds_idx, dl, n, item_tfms, batch_tfms, beta, use_max)
+        mean, _, targs = tta_segmentation(self, dl=dl, ds_idx=ds_idx)
+        return mean, targs

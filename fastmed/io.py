@@ -27,8 +27,9 @@ from pydicom.errors import InvalidDicomError
 from torchio.data.io import get_ras_affine_from_sitk
 
 # %% auto #0
-__all__ = ['MedicalInputError', 'read_nifti', 'atomic_write', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_channels',
-           'read_volume']
+__all__ = ['NIFTI_SUFFIXES', 'ITK_SUFFIXES', 'IMAGE_SUFFIXES', 'MedicalInputError', 'existing_file', 'read_failure',
+           'check_spacing', 'check_affine', 'read_nifti', 'atomic_move', 'atomic_write', 'write_nifti', 'read_itk',
+           'read_dicom_series', 'image_suffix', 'strip_image_suffix', 'read_channels', 'read_volume']
 
 # %% ../nbs/00_io.ipynb #fe4669f5
 def _worker_message(msg:str) -> str:
@@ -55,7 +56,7 @@ class MedicalInputError(ValueError):
         return ' '.join(l.strip() for l in msg.splitlines() if l.strip())
 
 # %% ../nbs/00_io.ipynb #49e0d6b3
-def _existing_file(path) -> Path:
+def existing_file(path) -> Path:
     "Return `path` as a `Path` after checking it is an existing, non-empty file."
     path = Path(path)
     if not path.exists(): raise MedicalInputError(path, "does not exist")
@@ -64,7 +65,7 @@ def _existing_file(path) -> Path:
     return path
 
 # %% ../nbs/00_io.ipynb #efa0c5ff
-def _read_failure(path, e:Exception, fmt:str) -> MedicalInputError:
+def read_failure(path, e:Exception, fmt:str) -> MedicalInputError:
     "Translate the reader exception `e` for `path` (a `fmt` file) into a one-line `MedicalInputError`."
     if isinstance(e, (EOFError, zlib.error, gzip.BadGzipFile)): what = "is corrupt or truncated (bad compressed data)"
     elif isinstance(e, PermissionError): what = "cannot be opened"
@@ -95,20 +96,20 @@ def _channels_first(arr:np.ndarray, name) -> np.ndarray:
     return arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)
 
 # %% ../nbs/00_io.ipynb #890ecd72
-def _check_spacing(spacing, name):
+def check_spacing(spacing, name):
     "Refuse voxel `spacing` (mm) that is zero or not finite."
     s = np.asarray(spacing, dtype=np.float64)
     if not (np.isfinite(s).all() and (s != 0).all()):
         raise MedicalInputError(name, f"has invalid voxel spacing {'×'.join(f'{v:g}' for v in s)} mm (must be finite, non-zero)")
 
 # %% ../nbs/00_io.ipynb #16d50cc0
-def _check_affine(affine, name) -> np.ndarray:
+def check_affine(affine, name) -> np.ndarray:
     "Return `affine` as a float64 `(4, 4)` array after refusing non-finite, zero-spacing or singular ones."
     a = np.asarray(affine, dtype=np.float64)
     if a.shape != (4, 4): raise MedicalInputError(name, f"has an affine of shape {a.shape}, expected (4, 4)")
     if not np.isfinite(a).all(): raise MedicalInputError(name, "has a non-finite (NaN/Inf) affine")
     spacing = np.linalg.norm(a[:3, :3], axis=0)
-    _check_spacing(spacing, name)
+    check_spacing(spacing, name)
     if abs(np.linalg.det(a[:3, :3] / spacing)) < 1e-6:
         raise MedicalInputError(name, f"has a singular affine (voxel axes are collinear): {_fmt_affine(a)}")
     return a
@@ -135,7 +136,7 @@ def _label_dtype(dtype) -> type:
 
 def _finish(data:np.ndarray, affine, name, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
     "Check `affine` and that all voxels are finite; return `(tensor, float64 affine)`, float32 unless `labels`."
-    affine = _check_affine(affine, name)
+    affine = check_affine(affine, name)
     arr = _c_array(data, _label_dtype(np.asarray(data).dtype) if labels else np.float32)
     if arr.dtype.kind == 'f' and not np.isfinite(arr).all():
         n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
@@ -171,7 +172,7 @@ def _load_nifti(path:Path) -> tuple:
         with ImageOpener(path) as f: raw = type(img.header).from_fileobj(f, check=False)
         return img, raw, None
     except MedicalInputError: raise
-    except Exception as e: raise _read_failure(path, (_gzip_error(path) if gz else None) or e, 'NIfTI') from e
+    except Exception as e: raise read_failure(path, (_gzip_error(path) if gz else None) or e, 'NIfTI') from e
 
 # %% ../nbs/00_io.ipynb #32017c74
 def _nbytes(n:int) -> str:
@@ -194,7 +195,7 @@ def _gunzipped_size(path:Path, limit:int) -> int:
     try:
         with gzip.open(path) as f:
             while n < limit and (chunk := f.read(1 << 20)): n += len(chunk)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e: raise _read_failure(path, e, 'NIfTI') from e
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e: raise read_failure(path, e, 'NIfTI') from e
     return n
 
 # %% ../nbs/00_io.ipynb #96d5391e
@@ -237,16 +238,16 @@ def read_nifti(
     labels:bool=False, # Label map: read integer voxels exactly as int64 instead of float32
 ) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` data and the `(4, 4)` voxel→RAS+ mm affine
     "Read a NIfTI file with nibabel; a 3D file gives one channel, a 4D file's last axis becomes the channels."
-    path = _existing_file(path)
+    path = existing_file(path)
     img, raw, stored = _load_nifti(path)
     _check_voxel_type(raw.get_data_dtype(), path)
     _check_nifti_size(raw, path, stored)  # the raw header: nibabel's copy on `img` has its voxel offset reset to 0
     try:
         with np.errstate(over='ignore'):  # a scaling that overflows float32 is reported below, by `_check_scaling`
             arr = np.asarray(img.dataobj) if labels else np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as e: raise _read_failure(path, (_gzip_error(path) if stored is None else None) or e, 'NIfTI') from e
+    except Exception as e: raise read_failure(path, (_gzip_error(path) if stored is None else None) or e, 'NIfTI') from e
     data = _channels_first(arr, path)
-    _check_spacing(raw['pixdim'][1:4], path)
+    check_spacing(raw['pixdim'][1:4], path)
     try: return _finish(data, img.affine, path, labels)
     except MedicalInputError: _check_scaling(img, path); raise
 
@@ -280,6 +281,14 @@ def _new_file_mode() -> int:
     except (OSError, AttributeError): umask = os.umask(0o022); os.umask(umask)
     return 0o666 & ~umask
 
+# %% ../nbs/00_io.ipynb #63c1aac7
+def atomic_move(src, # a finished temp file or folder, on the same file system as `dst` (e.g. beside it)
+                dst, # the final path: an existing file is replaced, an existing folder must be empty
+               ) -> Path:
+    "Move `src` onto `dst` in one step (`os.replace`): readers see the old `dst` or the new one, never a partial one."
+    os.replace(src, dst)
+    return Path(dst)
+
 # %% ../nbs/00_io.ipynb #44c218f7
 @contextmanager
 def atomic_write(path, # the file to write; missing parent folders are created
@@ -292,7 +301,7 @@ def atomic_write(path, # the file to write; missing parent folders are created
     try:
         yield tmp
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
-        os.replace(tmp, path)
+        atomic_move(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         # an error that already names another file (an inner `atomic_write`, a source being read) is passed on as it is
@@ -311,7 +320,7 @@ def write_nifti(
     path = Path(path)
     suffix = next((s for s in ('.nii.gz', '.nii') if path.name.lower().endswith(s)), None)
     if suffix is None: raise MedicalInputError(path, "has an unknown suffix for write_nifti, expected .nii or .nii.gz")
-    img = nib.Nifti1Image(_nifti_array(data, dtype, path), _check_affine(affine, path))
+    img = nib.Nifti1Image(_nifti_array(data, dtype, path), check_affine(affine, path))
     img.header.set_xyzt_units('mm')
     # nibabel picks compression from the name, so the temp name keeps the `.nii`/`.nii.gz` ending
     with atomic_write(path, suffix) as tmp: nib.save(img, tmp)
@@ -366,11 +375,11 @@ def read_itk(
     labels:bool=False, # Label map: read integer voxels exactly as int64 instead of float32
 ) -> tuple[torch.Tensor, np.ndarray]: # `(C, X, Y, Z)` data and the `(4, 4)` voxel→RAS+ mm affine
     "Read an ITK image (NRRD/MHA/MHD) with SimpleITK, converting its LPS geometry to a RAS+ affine via TorchIO."
-    path = _existing_file(path)
+    path = existing_file(path)
     try:
         img = sitk.ReadImage(str(path))
         arr = sitk.GetArrayViewFromImage(img)
-    except Exception as e: raise (_itk_data_problem(path) or _read_failure(path, e, 'ITK (NRRD/MHA/MHD)')) from e
+    except Exception as e: raise (_itk_data_problem(path) or read_failure(path, e, 'ITK (NRRD/MHA/MHD)')) from e
     vector = img.GetNumberOfComponentsPerPixel() > 1
     axes = tuple(reversed(range(img.GetDimension()))) + ((arr.ndim - 1,) if vector else ())
     data = _channels_first(arr.transpose(axes), path)  # checks dimensions before TorchIO reads the direction
@@ -383,7 +392,7 @@ def _dicom_slices(folder:Path) -> list:
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
         try: ds = pydicom.dcmread(f)
         except InvalidDicomError: continue
-        except Exception as e: raise _read_failure(f, e, 'DICOM') from e
+        except Exception as e: raise read_failure(f, e, 'DICOM') from e
         if 'PixelData' in ds: slices.append(ds)
     if not slices: raise MedicalInputError(folder, "holds no DICOM image files")
     return slices
@@ -427,7 +436,7 @@ def _dicom_pixels(slices:list) -> np.ndarray:
     vol = np.empty((int(slices[0].Columns), int(slices[0].Rows), len(slices)), np.float32)
     for k, ds in enumerate(slices):
         try: px = ds.pixel_array
-        except Exception as e: raise _read_failure(ds.filename, e, 'DICOM') from e
+        except Exception as e: raise read_failure(ds.filename, e, 'DICOM') from e
         if px.shape != vol.shape[1::-1]:
             raise MedicalInputError(ds.filename, f"holds pixels of shape {px.shape}, one grey {vol.shape[1]}×{vol.shape[0]} slice is needed (multi-frame and colour are not supported)")
         slope, inter = float(ds.get('RescaleSlope') or 1), float(ds.get('RescaleIntercept') or 0)
@@ -459,6 +468,21 @@ def read_dicom_series(
     slices = _sort_slices(slices, folder)
     return _finish(_channels_first(_dicom_pixels(slices), folder), _dicom_affine(slices), folder)
 
+# %% ../nbs/00_io.ipynb #dc063e44
+NIFTI_SUFFIXES = ('.nii.gz', '.nii')  # read by nibabel
+ITK_SUFFIXES = ('.nrrd', '.nhdr', '.mha', '.mhd')  # read by SimpleITK
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES  # every image file fastmed reads (a folder is a DICOM series)
+
+def image_suffix(path) -> str | None:
+    "The image suffix of `path` from `IMAGE_SUFFIXES` (lower-cased), or None if it is not an image file name."
+    name = Path(path).name.lower()
+    return next((s for s in IMAGE_SUFFIXES if name.endswith(s)), None)
+
+def strip_image_suffix(path) -> str:
+    "The file name of `path` without its image suffix (unchanged if it has none)."
+    name, suffix = Path(path).name, image_suffix(path)
+    return name[:-len(suffix)] if suffix else name
+
 # %% ../nbs/00_io.ipynb #b61735d6
 def _read_one(source, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
     "Read one file or DICOM folder with the reader its suffix (or folder-ness) calls for (`labels`: exact integers)."
@@ -467,9 +491,9 @@ def _read_one(source, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
     path = Path(source); name = path.name.lower()
     if not path.exists(): raise MedicalInputError(path, "does not exist")
     if path.is_dir(): return read_dicom_series(path)
-    if name.endswith(('.nii', '.nii.gz')): return read_nifti(path, labels)
-    if name.endswith(('.nrrd', '.nhdr', '.mha', '.mhd')): return read_itk(path, labels)
-    raise MedicalInputError(path, "has an unknown suffix, expected .nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd or a DICOM folder")
+    if name.endswith(NIFTI_SUFFIXES): return read_nifti(path, labels)
+    if name.endswith(ITK_SUFFIXES): return read_itk(path, labels)
+    raise MedicalInputError(path, f"has an unknown suffix, expected {', '.join(IMAGE_SUFFIXES)} or a DICOM folder")
 
 # %% ../nbs/00_io.ipynb #c516c1df
 def read_channels(

@@ -14,10 +14,10 @@ from torch.nn.modules.loss import _Loss
 from fastcore.foundation import L
 from monai.losses import TverskyLoss
 from .io import MedicalInputError
-from .core import argmax_channels
+from .core import argmax_channels, Decoding
 
 # %% auto #0
-__all__ = ['CustomLoss', 'TverskyFocalLoss', 'get_class_weights']
+__all__ = ['CustomLoss', 'loss_decoding', 'TverskyFocalLoss', 'get_class_weights']
 
 # %% ../nbs/07_losses.ipynb #f89c8cef
 def _uses_sigmoid(loss_func) -> bool:
@@ -47,9 +47,14 @@ class CustomLoss(nn.Module):
     "Wrap a MONAI loss for fastai: plain tensors in, `activation`/`decodes` for `get_preds`, per-item `reduction='none'`."
     def __init__(self,
         loss_func:nn.Module, # An instantiated MONAI loss, e.g. `DiceCELoss(to_onehot_y=True, softmax=True)`
+        activation:str|None=None, # 'sigmoid' or 'softmax' the loss trains; None: read from MONAI's flags (softmax if none)
     ):
         super().__init__()
-        self.loss_func, self.sigmoid, self.per_item = loss_func, _uses_sigmoid(loss_func), False
+        self.loss_func, self.per_item = loss_func, False
+        self.decoding = Decoding(activation or ('sigmoid' if _uses_sigmoid(loss_func) else 'softmax'))
+
+    @property
+    def sigmoid(self) -> bool: return self.decoding.activation == 'sigmoid'
 
     @property
     def reduction(self) -> str: return 'none' if self.per_item else getattr(self.loss_func, 'reduction', 'mean')
@@ -75,12 +80,36 @@ class CustomLoss(nn.Module):
     def activation(self, x:torch.Tensor) -> torch.Tensor:
         "Probabilities: sigmoid for sigmoid-trained or single-channel outputs, else softmax over channels."
         if isinstance(x, (list, tuple, L)): return L(self.activation(o[None])[0] for o in x)  # get_preds on volumes of different sizes
-        return torch.sigmoid(x) if self.sigmoid or x.shape[1] == 1 else torch.softmax(x, dim=1)
+        return self.decoding.probabilities(x)
 
     def decodes(self, x:torch.Tensor) -> torch.Tensor:
         "Label mask (B, 1, ...) from probabilities: threshold 0.5 for one channel, else argmax over channels."
         if isinstance(x, (list, tuple, L)): return L(self.decodes(o[None])[0] for o in x)
-        return (x > 0.5).long() if x.shape[1] == 1 else argmax_channels(x)
+        return self.decoding.labels(x)
+
+# %% ../nbs/07_losses.ipynb #f46fadba
+def _probed_activation(loss_func) -> str | None:
+    "'softmax' or 'sigmoid' if the loss's `activation` method is one of them (probed on equal logits), else None."
+    act = getattr(loss_func, 'activation', None)
+    if not callable(act): return None
+    try: p = act(torch.zeros(1, 3, 1)).float()
+    except Exception: return None
+    return 'softmax' if torch.allclose(p, torch.full_like(p, 1 / 3)) else 'sigmoid' if torch.allclose(p, torch.full_like(p, 0.5)) else None
+
+def loss_decoding(loss_func, # the training loss (a `CustomLoss` knows its activation)
+                  activation: str | None = None, # 'sigmoid' or 'softmax' named by the user: wins over the loss
+                  threshold: float = 0.5, # foreground probability of one-channel outputs
+                  n_channels: int | None = None, # the network's output channels, if known (one channel is always sigmoid)
+                 ) -> Decoding:
+    "The `Decoding` of a model trained with `loss_func`: named, the loss's own, or refused with one line."
+    if activation is not None: return Decoding(activation, threshold)
+    known = getattr(loss_func, 'decoding', None)
+    if isinstance(known, Decoding): return Decoding(known.activation, threshold)
+    act = _probed_activation(loss_func) or ('sigmoid' if n_channels == 1 else None)
+    if act is None: raise MedicalInputError(f"loss_func={type(loss_func).__name__}: its decoding is unknown (it has no "
+                                            "`activation`); name it with activation='sigmoid' or 'softmax', or wrap the loss "
+                                            "in CustomLoss(loss, activation=...)")
+    return Decoding(act, threshold)
 
 # %% ../nbs/07_losses.ipynb #0db8e389
 class TverskyFocalLoss(_Loss):

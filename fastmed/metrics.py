@@ -8,6 +8,7 @@ Docs: https://fastmed.github.io/fastmed/metrics.html.md"""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from pathlib import Path
 import numpy as np
@@ -18,14 +19,14 @@ from fastai.learner import Metric, AvgMetric
 from fastai.torch_core import find_bs
 from monai.metrics import (compute_dice, compute_hausdorff_distance, compute_average_surface_distance,
                            compute_surface_dice)
-from .io import MedicalInputError
-from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels
+from .io import MedicalInputError, strip_image_suffix
+from .core import MedMask, normalize_spacing, spacing_from_affine, to_integer_labels, argmax_channels, Decoding
 
 # %% auto #0
 __all__ = ['binary_dice_score', 'multi_dice_score', 'binary_hausdorff_distance', 'multi_hausdorff_distance', 'binary_assd',
            'multi_assd', 'binary_surface_dice', 'multi_surface_dice', 'SurfaceDice', 'binary_sensitivity',
-           'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric',
-           'evaluate_segmentations']
+           'binary_precision', 'binary_relative_volume_error', 'AccumulatedDice', 'NanAvgMetric', 'LabelDice',
+           'label_dice_metrics', 'evaluate_segmentations']
 
 # %% ../nbs/08_metrics.ipynb #d20fa773
 def _plain(t:torch.Tensor) -> torch.Tensor:
@@ -35,10 +36,9 @@ def _plain(t:torch.Tensor) -> torch.Tensor:
 def _binary_pred(
     pred:torch.Tensor, # Logits (B, 1, ...) or (B, 2, ...)
 ) -> torch.Tensor: # Foreground mask (B, 1, ...), long
-    "Foreground mask from binary logits: sigmoid > 0.5 for one channel, argmax for two."
+    "Foreground mask from binary logits with the one decoding rule (`Decoding`): sigmoid > 0.5 for one channel, argmax for two."
     pred = _plain(pred)
-    if pred.shape[1] == 1: return (torch.sigmoid(pred) > 0.5).long()
-    if pred.shape[1] == 2: return argmax_channels(pred)
+    if pred.shape[1] in (1, 2): return Decoding().decode(pred)
     raise MedicalInputError('pred', f"a binary metric needs 1 or 2 channels, got shape {tuple(pred.shape)}")
 
 def _onehot_fg(
@@ -333,11 +333,39 @@ class NanAvgMetric(AvgMetric):
         if not torch.is_tensor(self.count): return None
         return (self.total / self.count).float()  # 0/0 = NaN only where every batch was NaN
 
-# %% ../nbs/08_metrics.ipynb #af911994
-def _stem(path) -> str:
-    "File name without its image suffixes: 'ct/case_07.nii.gz' → 'case_07'."
-    return Path(Path(str(path)).name.removesuffix('.gz')).stem
+# %% ../nbs/08_metrics.ipynb #72081032
+class LabelDice(Metric):
+    "The Dice of one label (or the mean over labels) from an `AccumulatedDice` shared by several `LabelDice`."
+    def __init__(self, dice: AccumulatedDice, # the shared accumulator
+                 index: int | None, # position of the label among the foreground labels; None: their mean
+                 name: str, # column name
+                 owner: bool = False, # this one resets and accumulates the shared sums
+                ):
+        self.dice, self.index, self._name, self.owner = dice, index, name, owner
+    def reset(self):
+        if self.owner: self.dice.reset()
+    def accumulate(self, learn):
+        if self.owner: self.dice.accumulate(learn)
+    @property
+    def name(self): return self._name
+    @property
+    def value(self):
+        v = self.dice.value
+        if v is None: return None
+        v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+        return float(v.nanmean() if self.index is None else v[self.index])
 
+def label_dice_metrics(codes=None, # label names, background first (as `MedMaskBlock(codes=...)` takes them), or None
+                   n_classes: int | None = None, # classes including background, when no `codes` are given
+                  ) -> list:
+    "fastai metrics: an epoch Dice column per foreground label (`dice_<name>`) and their mean (`dice_mean`)."
+    if (codes is None) == (n_classes is None): raise MedicalInputError('codes/n_classes', "give exactly one of them")
+    n = len(codes) if codes is not None else n_classes
+    dice = AccumulatedDice(n)
+    names = [re.sub(r'\W+', '_', str(codes[l]) if codes is not None else '').strip('_').lower() or f'label_{l}' for l in range(1, n)]
+    return [LabelDice(dice, i, f'dice_{name}', owner=i == 0) for i, name in enumerate(names)] + [LabelDice(dice, None, 'dice_mean')]
+
+# %% ../nbs/08_metrics.ipynb #af911994
 def _label_map(
     item, # MedMask, tensor or array (X, Y, Z) / (1, X, Y, Z), or path to a label file
     source:str, # Argument for error messages, e.g. 'preds[3]'
@@ -409,7 +437,7 @@ def _evaluate_case(
     p, p_aff, p_src = _label_map(pred, f'preds[{i}]')
     t, t_aff, t_src = _label_map(targ, f'targets[{i}]')
     src = t_src or p_src
-    cid = case_id if case_id is not None else _stem(src) if src else f'case_{i}'
+    cid = case_id if case_id is not None else strip_image_suffix(src) if src else f'case_{i}'
     if p.shape != t.shape:
         raise MedicalInputError(f'preds[{i}]', f"case '{cid}': shape {tuple(p.shape)} does not match the target's {tuple(t.shape)}")
     sp = _case_spacing(f'preds[{i}]', cid, p_aff, t_aff, spacing)

@@ -15,11 +15,11 @@ from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL, DataLoaders
 from .io import MedicalInputError
 from .core import MedImage, MedMask
-from .transforms import _size3
+from .utils import size3
 
 # %% auto #0
 __all__ = ['sliding_window_logits', 'SlidingWindow', 'SlidingWindowValidation', 'VolumeSubjects', 'BalancedLabelSampler',
-           'PatchQueue', 'PatchDL', 'patch_dataloaders']
+           'PatchQueue', 'PatchDL', 'PatchDataLoaders', 'patch_dataloaders']
 
 # %% ../nbs/12_patches.ipynb #dd99d066
 def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
@@ -31,7 +31,7 @@ def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
                          ) -> torch.Tensor:
     "`model`'s output over whole volumes `x`, predicted window by window (MONAI `sliding_window_inference`)."
     if not 0 <= overlap < 1: raise MedicalInputError(f"overlap={overlap!r}: expected a fraction in [0, 1)")
-    return sliding_window_inference(x.as_subclass(torch.Tensor), roi_size=_size3(roi_size, 'roi_size'),
+    return sliding_window_inference(x.as_subclass(torch.Tensor), roi_size=size3(roi_size, 'roi_size'),
                                     sw_batch_size=sw_batch_size, predictor=model, overlap=overlap, mode=mode)
 
 # %% ../nbs/12_patches.ipynb #a0eb2e72
@@ -44,7 +44,7 @@ class SlidingWindow(nn.Module):
                  mode: str = 'gaussian', # blending of overlapping windows: 'gaussian' or 'constant'
                 ):
         super().__init__()
-        self.model, self.roi_size = model, _size3(roi_size, 'roi_size')
+        self.model, self.roi_size = model, size3(roi_size, 'roi_size')
         self.sw_batch_size, self.overlap, self.mode = sw_batch_size, overlap, mode
 
     def forward(self, x): return sliding_window_logits(self.model, x, self.roi_size, self.sw_batch_size, self.overlap, self.mode)
@@ -58,12 +58,12 @@ class SlidingWindowValidation(Callback):
                  overlap: float = 0.25, # fraction by which neighbouring windows overlap
                  mode: str = 'gaussian', # blending of overlapping windows: 'gaussian' or 'constant'
                 ):
-        self.roi_size = None if roi_size is None else _size3(roi_size, 'roi_size')
+        self.roi_size = None if roi_size is None else size3(roi_size, 'roi_size')
         self.sw_batch_size, self.overlap, self.mode = sw_batch_size, overlap, mode
 
     def window(self) -> tuple:
         "The window size used: `roi_size`, else the patch size of the learner's DataLoaders."
-        roi = self.roi_size or getattr(self.learn.dls, 'patch_size', None)
+        roi = self.roi_size or (self.learn.dls.patch_size if isinstance(self.learn.dls, PatchDataLoaders) else None)
         if roi is None: raise MedicalInputError("SlidingWindowValidation(roi_size=None): give roi_size, "
                                                 "these DataLoaders have no patch_size")
         return roi
@@ -98,7 +98,7 @@ class VolumeSubjects(tio.SubjectsDataset):
         # TorchIO counts patches per epoch from its subject list: one stand-in per volume, never loaded
         stand_in = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 1, 1, 1)))
         super().__init__([stand_in] * len(items))
-        self.items, self.after_item, self.patch_size = items, after_item, _size3(patch_size, 'patch_size')
+        self.items, self.after_item, self.patch_size = items, after_item, size3(patch_size, 'patch_size')
 
     def __getitem__(self, index):
         image, mask = self.after_item(self.items[index])[:2]
@@ -112,7 +112,7 @@ class BalancedLabelSampler(tio.LabelSampler):
                  label_probabilities: dict | None = None, # per-label centre probabilities (TorchIO's), overrides `pos_fraction`
                 ):
         if not 0 <= pos_fraction <= 1: raise MedicalInputError(f"pos_fraction={pos_fraction!r}: expected a fraction in [0, 1]")
-        super().__init__(_size3(patch_size, 'patch_size'), label_name='mask', label_probabilities=label_probabilities)
+        super().__init__(size3(patch_size, 'patch_size'), label_name='mask', label_probabilities=label_probabilities)
         self.pos_fraction = pos_fraction
 
     def get_probability_map(self, subject):
@@ -150,6 +150,20 @@ class PatchDL(TfmdDL):
 
     def create_item(self, s): return _patch_items(self.dataset[s or 0])
 
+# %% ../nbs/12_patches.ipynb #27b053d6
+class PatchDataLoaders(DataLoaders):
+    "fastai `DataLoaders` whose training loader cuts patches of `patch_size` voxels (validation: whole volumes)."
+    def __init__(self, *loaders, # the training (patch) loader and the validation loader
+                 patch_size=None, # training patch size in voxels: int (cubic) or 3 ints
+                 path='.', device=None):
+        super().__init__(*loaders, path=path, device=device)
+        self.patch_size: tuple | None = None if patch_size is None else size3(patch_size, 'patch_size')
+
+    def new_empty(self):
+        "fastai's empty copy (what `learn.export` keeps), with the patch size."
+        res = super().new_empty(); res.patch_size = self.patch_size
+        return res
+
 # %% ../nbs/12_patches.ipynb #192a92f4
 def _patch_sampler(sampler: str, patch_size, pos_fraction, label_probabilities):
     "The TorchIO sampler named by `sampler`: 'label' (balanced) or 'uniform'."
@@ -168,15 +182,13 @@ def patch_dataloaders(dls, # segmentation `DataLoaders` of whole volumes (e.g. f
                       num_workers: int = 0, # processes loading volumes for the queue
                       bs: int | None = None, # patches per training batch; None: `dls.train.bs`
                       val_bs: int = 1, # whole volumes per validation batch (1 unless all have one size)
-                     ) -> DataLoaders:
+                     ) -> PatchDataLoaders:
     "DataLoaders training on patches of `dls`' training volumes and validating on its whole volumes."
-    patch_size, bs = _size3(patch_size, 'patch_size'), bs or dls.train.bs
+    patch_size, bs = size3(patch_size, 'patch_size'), bs or dls.train.bs
     if samples_per_volume < 1: raise MedicalInputError(f"samples_per_volume={samples_per_volume!r}: expected at least 1")
     subjects = VolumeSubjects(dls.train.dataset, dls.train.after_item, patch_size)
     queue = PatchQueue(subjects, max_length=queue_length or max(bs, samples_per_volume) * 4,
                        samples_per_volume=samples_per_volume, num_workers=num_workers, start_background=False,
                        sampler=_patch_sampler(sampler, patch_size, pos_fraction, label_probabilities))
     train = PatchDL(queue, bs=bs, drop_last=len(queue) >= bs, after_batch=dls.train.after_batch, device=dls.device)
-    patches = DataLoaders(train, dls.valid.new(bs=val_bs), path=dls.path, device=dls.device)
-    patches.patch_size = patch_size
-    return patches
+    return PatchDataLoaders(train, dls.valid.new(bs=val_bs), patch_size=patch_size, path=dls.path, device=dls.device)

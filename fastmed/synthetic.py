@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial.transform import Rotation
 
 from .io import atomic_write
+from .utils import save_csv
 
 # %% ../nbs/02_synthetic.ipynb #0a35ef56
 def make_affine(spacing=(1., 1., 1.), # voxel size in mm along the three voxel axes
@@ -63,12 +64,6 @@ def _save_nifti(arr, affine, fname):
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units('mm')
     with atomic_write(fname, '.nii.gz') as tmp: nib.save(img, tmp)
-    return Path(fname)
-
-# %% ../nbs/02_synthetic.ipynb #cac9cada
-def _save_csv(df, fname):
-    "Atomically write `df` (no index) to `fname`."
-    with atomic_write(fname) as tmp: df.to_csv(tmp, index=False)
     return Path(fname)
 
 # %% ../nbs/02_synthetic.ipynb #35ec17fb
@@ -199,7 +194,7 @@ def make_brain_dataset(path,           # output study folder
         t1 = _save_nifti(img, affine, path / 'image' / f'{sid}_T1.nii.gz')
         lbl = _save_nifti(mask, affine, path / 'label' / f'{sid}_mask.nii.gz')
         rows.append(dict(subject_id=sid, t1_path=str(t1), labels=str(lbl)))
-    _save_csv(pd.DataFrame(rows, columns=['subject_id', 't1_path', 'labels']), path / 'dataset.csv')
+    save_csv(pd.DataFrame(rows, columns=['subject_id', 't1_path', 'labels']), path / 'dataset.csv')
     return path
 
 # %% ../nbs/02_synthetic.ipynb #14f71821

@@ -20,6 +20,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelTrainExcept
 from fastai.callback.schedule import ParamScheduler, combined_cos
 import fastai.callback.progress  # noqa: F401 -- the progress bar and the epoch table a Learner shows
 from fastai.learner import Learner, Metric
+from .interpret import MedLearner
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
 from monai.losses import DiceCELoss
@@ -31,7 +32,7 @@ from . import batch_augment
 from .cache import preprocess_dataset
 from .patches import patch_dataloaders, SlidingWindowValidation
 from .losses import CustomLoss
-from .metrics import AccumulatedDice
+from .metrics import AccumulatedDice, label_dice_metrics
 from .checkpoint import CheckpointCallback
 from .export import build_model, save_model, load_model
 from .inference import predict_volume
@@ -41,10 +42,10 @@ from .plan import (Plan, load_plan, save_plan, plan_to_dict, make_plan, add_plan
 
 # %% auto #0
 __all__ = ['make_spheres_dataset', 'normalization_transforms', 'augmentation_transforms', 'DeepSupervisionLoss', 'plan_loss',
-           'LabelDice', 'label_metrics', 'preprocess_cases', 'train_patches_augmented', 'EpochHistory', 'lr_curve',
-           'TimeBudget', 'fit_fold', 'dice_per_label', 'evaluate_case', 'evaluate_fold', 'choose_postprocessing',
-           'cv_table', 'train_fold', 'train_plan', 'load_ensemble', 'largest_component_labels', 'predict_trained',
-           'find_plan', 'train_main']
+           'label_metrics', 'preprocess_cases', 'train_patches_augmented', 'EpochHistory', 'lr_curve', 'TimeBudget',
+           'fit_fold', 'dice_per_label', 'evaluate_case', 'evaluate_fold', 'choose_postprocessing', 'cv_table',
+           'train_fold', 'train_plan', 'load_ensemble', 'largest_component_labels', 'predict_trained', 'find_plan',
+           'train_main']
 
 # %% ../nbs/21_train.ipynb #f0bad1c5
 def _sphere_case(shape, rng) -> tuple:
@@ -126,6 +127,8 @@ class DeepSupervisionLoss(nn.Module):
     def reduction(self, v): self.loss_func.reduction = v
     @property
     def sigmoid(self): return getattr(self.loss_func, 'sigmoid', False)
+    @property
+    def decoding(self): return getattr(self.loss_func, 'decoding', None)  # the wrapped loss's `Decoding`
     def activation(self, x): return self.loss_func.activation(x)
     def decodes(self, x): return self.loss_func.decodes(x)
 
@@ -136,39 +139,16 @@ def plan_loss(plan: Plan) -> DeepSupervisionLoss:
     return DeepSupervisionLoss(CustomLoss(dice_ce), plan.loss['deep_supervision_weights'])
 
 # %% ../nbs/21_train.ipynb #aaa09f23
-class LabelDice(Metric):
-    "The Dice of one label (or the mean over labels) from an `AccumulatedDice` shared by several `LabelDice`."
-    def __init__(self, dice: AccumulatedDice, # the shared accumulator
-                 index: int | None, # position of the label among the foreground labels; None: their mean
-                 name: str, # column name
-                 owner: bool = False, # this one resets and accumulates the shared sums
-                ):
-        self.dice, self.index, self._name, self.owner = dice, index, name, owner
-    def reset(self):
-        if self.owner: self.dice.reset()
-    def accumulate(self, learn):
-        if self.owner: self.dice.accumulate(learn)
-    @property
-    def name(self): return self._name
-    @property
-    def value(self):
-        v = self.dice.value
-        if v is None: return None
-        v = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-        return float(v.nanmean() if self.index is None else v[self.index])
-
 def label_metrics(plan: Plan) -> list:
     "A Dice column per foreground label (named from the plan's labels) and their mean."
-    dice = AccumulatedDice(plan.n_classes)
-    names = [re.sub(r'\W+', '_', plan.labels[str(l)]).strip('_').lower() or f'label_{l}' for l in range(1, plan.n_classes)]
-    return [LabelDice(dice, i, f'dice_{n}', owner=i == 0) for i, n in enumerate(names)] + [LabelDice(dice, None, 'dice_mean')]
+    return label_dice_metrics([plan.labels.get(str(l), '') for l in range(plan.n_classes)])
 
 # %% ../nbs/21_train.ipynb #e527480e
 def preprocess_cases(plan: Plan, cache_dir, workers: int = 2, progress: bool = True) -> pd.DataFrame:
     "Every case of the plan reoriented/resampled once into `cache_dir`; the table points at the cached volumes."
     cases = pd.DataFrame(plan.cases)
-    cached, failed = preprocess_dataset(cases, 'images', cache_dir, apply_reorder=plan.preprocessing.reorder,
-                                        target_spacing=plan.preprocessing.spacing, mask_cols='label',
+    cached, failed = preprocess_dataset(cases, 'images', cache_dir, preprocessing=plan.preprocessing,
+                                        mask_cols='label',
                                         max_workers=workers, progress=progress)
     if len(failed): raise MedicalInputError(failed.path[0], failed.reason[0])
     return cached
@@ -192,7 +172,7 @@ def dataloaders(self: Plan, fold: int, # fold whose validation cases are held ou
     item, batch = augmentation_transforms(self)
     dblock = MedDataBlock(blocks=(ImageBlock(cls=MedImage), MedMaskBlock), get_x=ColReader('images'), get_y=ColReader('label'),
                           splitter=ColSplitter('is_val'), item_tfms=normalization_transforms(self) + item, batch_tfms=batch,
-                          apply_reorder=self.preprocessing.reorder, target_spacing=self.preprocessing.spacing,
+                          preprocessing=self.preprocessing,
                           expected_channels=self.n_channels)
     dls = dblock.dataloaders(cached, bs=self.batch_size, num_workers=0, device=_device(self))
     t = self.training
@@ -215,7 +195,7 @@ def learner(self: Plan, dls, # from `plan.dataloaders(fold)`
     "A fastai `Learner` for the plan: DynUNet, deep-supervised DiceCE, Dice per label, whole-volume sliding-window validation."
     model = build_model('DynUNet', **self.network['kwargs'])
     cbs = [SlidingWindowValidation(self.patch_size, overlap=self.inference['overlap'])] + list(kwargs.pop('cbs', []))
-    learn = Learner(dls, model, loss_func=plan_loss(self), metrics=label_metrics(self), cbs=cbs, **kwargs)
+    learn = MedLearner(dls, model, loss_func=plan_loss(self), metrics=label_metrics(self), cbs=cbs, **kwargs)
     if self.training.get('mixed_precision') and dls.device.type == 'cuda': learn = learn.to_fp16()
     return learn
 

@@ -13,7 +13,8 @@ import monai.transforms as mt
 from fastai.data.transforms import ItemTransform
 from fastcore.basics import basic_repr
 from .io import MedicalInputError
-from .core import MedBase, MedImage, MedMask, _tio_image, to_integer_labels
+from .core import MedBase, MedImage, MedMask, to_integer_labels
+from .utils import tio_image, size3
 
 # %% auto #0
 __all__ = ['TioTransform', 'CustomDictTransform', 'PadOrCrop', 'CropOrPadForeground', 'nonzero_voxels', 'ZNormalization',
@@ -51,7 +52,7 @@ class TioTransform(ItemTransform):
 
     def _subject(self, keys) -> tio.Subject:
         "The medical items of a sample as one TorchIO `Subject`, so they share one random draw."
-        return tio.Subject({k: _tio_image(o.as_subclass(torch.Tensor), o.affine, o.is_mask) for k, o in keys.items()})
+        return tio.Subject({k: tio_image(o.as_subclass(torch.Tensor), o.affine, o.is_mask) for k, o in keys.items()})
 
     def _apply(self, subject, keys):
         try: return self.tio_transform(subject)
@@ -108,14 +109,6 @@ class CustomDictTransform(TioTransform):
             raise MedicalInputError(f"tio_transform={tio_transform!r}: expected a torchio.Transform")
         super().__init__(tio_transform, train_only=isinstance(tio_transform, tio.transforms.augmentation.RandomTransform))
 
-# %% ../nbs/03_transforms.ipynb #d1018bda
-def _size3(size, name='size') -> tuple:
-    "`size` as 3 positive ints (an int is cubic)."
-    values = (size,) * 3 if isinstance(size, (int, np.integer)) else tuple(size) if isinstance(size, (list, tuple)) else ()
-    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values):
-        raise MedicalInputError(f"{name}={size!r}: expected a positive int or 3 positive ints")
-    return tuple(int(v) for v in values)
-
 # %% ../nbs/03_transforms.ipynb #1934349f
 _FOREGROUND = '_fastmed_foreground'  # subject key of the foreground label map a foreground crop centres on
 
@@ -138,7 +131,7 @@ class PadOrCrop(TioTransform):
                  padding_mode=0, # value (or numpy mode name) used for padding images; masks pad with 0
                  mask_name=None, # None: centre; 'mask': centre on the sample's MedMask; 'image': on its bright voxels
                 ):
-        size = _size3(size)
+        size = size3(size)
         if mask_name not in (None, 'mask', 'image'):
             raise MedicalInputError(f"mask_name={mask_name!r}: expected None (centre), 'mask' (the sample's MedMask) "
                                     "or 'image' (the image's bright voxels)")
