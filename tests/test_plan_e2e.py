@@ -1,7 +1,8 @@
 """Issue 13 end to end on a tiny synthetic data set (nnU-Net layout: imagesTr/<case>_0000, labelsTr/, dataset.json):
 
 - `fastmed plan` then `fastmed train` (2 folds, 1 epoch each) through their entry points `plan_main`/`train_main`,
-  then prediction with the fold ensemble (`load_ensemble` + `predict_volume`, what `fastmed predict FOLDER` runs);
+  then prediction with the fold ensemble (`load_ensemble` + `predict_volume`; `fastmed predict FOLDER` adds the plan's
+  flip TTA and the post-processing the cross-validation chose);
 - a training process killed with SIGKILL in the middle of a fold resumes from its last epoch when the same command
   is run again, keeping the epochs it had done.
 """
@@ -17,7 +18,8 @@ from fastmed.core import MedImage, MedMask
 from fastmed.inference import predict_volume
 from fastmed.plan import load_plan, plan_main
 from fastmed.cli import main as cli_main
-from fastmed.train import make_spheres_dataset, train_main, load_ensemble, largest_component_labels
+from fastmed.train import make_spheres_dataset, train_main, load_ensemble, largest_component_labels, predict_trained
+from fastmed.postprocess import keep_largest_component
 from fastmed.checkpoint import _read_checkpoint
 
 
@@ -68,11 +70,15 @@ def test_plan_train_predict_two_folds(tmp_path):
     assert _dice(p, t, 1) > 0.5, _dice(p, t, 1)
     assert set(largest_component_labels(run)) <= {1, 2}
 
-    # the same three steps through the `fastmed` command: predict takes the trained folder (the fold ensemble)
+    # the same three steps through the `fastmed` command: predict takes the trained folder (the fold ensemble), with
+    # the plan's flip TTA and the largest-component clean-up of the labels the cross-validation chose it for
     status, out, err = _run(cli_main, 'predict', run, case['images'][0], '-o', tmp_path/'preds', '-q')
     assert (status, err) == (0, ''), err
     cli_pred = MedMask.create(tmp_path/'preds'/pd.read_csv(tmp_path/'preds'/'volumes.csv').output[0])
-    assert torch.equal(cli_pred.as_subclass(torch.Tensor), pred.as_subclass(torch.Tensor))
+    assert plan.inference['tta'] is True
+    planned = keep_largest_component(predict_volume(models, case['images'][0], tta=True), labels=largest_component_labels(run))
+    assert torch.equal(cli_pred.as_subclass(torch.Tensor), planned.as_subclass(torch.Tensor))
+    assert torch.equal(predict_trained(run, case['images'][0]).as_subclass(torch.Tensor), planned.as_subclass(torch.Tensor))
     with pytest.raises(SystemExit) as exit_: _run(cli_main, 'plan', '--help')  # plan's own parser answers
     assert exit_.value.code == 0
 
