@@ -4,7 +4,7 @@
   then prediction with the fold ensemble (`load_ensemble` + `predict_volume`; `fastmed predict FOLDER` adds the plan's
   flip TTA and the post-processing the cross-validation chose);
 - a training process killed with SIGKILL in the middle of a fold resumes from its last epoch when the same command
-  is run again, keeping the epochs it had done.
+  is run again, keeping the epochs it had done; `fastmed plan` and `fastmed train` show progress bars (without -q).
 """
 import contextlib, io, json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
@@ -94,18 +94,19 @@ SCRIPT = textwrap.dedent('''
 @pytest.mark.skipif(not hasattr(signal, 'SIGKILL'), reason='needs SIGKILL')
 def test_killed_training_resumes(tmp_path):
     data = make_spheres_dataset(tmp_path/'balls', n=4, seed=2)
-    status, _, err = _run(plan_main, data, '-o', tmp_path/'plan', '--folds', '2', '--epochs', '4', '--device', 'cpu',
-                          '--base-filters', '4', '-q')
+    status, out, err = _run(plan_main, data, '-o', tmp_path/'plan', '--folds', '2', '--epochs', '4', '--device', 'cpu',
+                            '--base-filters', '4')
     assert status == 0, err
+    assert '100.00% [4/4' in out, out[:2000]  # the fingerprint's progress bar, one step per case
     (tmp_path/'train.py').write_text(SCRIPT)
     run = tmp_path/'run'
     argv = [sys.executable, str(tmp_path/'train.py'), str(tmp_path/'plan'/'plan.json'), '-o', str(run), '--fold', '0', '-q']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    history = run/'fold_0'/'history.csv'
+    history, checkpoint = run/'fold_0'/'history.csv', run/'fold_0'/'checkpoint.safetensors'
     try:
         t0 = time.time()
-        while not (history.is_file() and len(pd.read_csv(history)) >= 1):  # epoch 0 done: kill inside epoch 1
+        while not checkpoint.is_file():  # epoch 0 done (history, then checkpoint written): kill inside epoch 1
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.time() - t0 < 180, 'no epoch finished in 180 s'
             time.sleep(0.05)
@@ -119,8 +120,10 @@ def test_killed_training_resumes(tmp_path):
     assert 1 <= saved <= 2 and not (run/'fold_0'/'model.json').exists()
     assert not [p.name for p in (run/'fold_0').iterdir() if p.name.startswith('.')]  # no partial temp files
 
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(argv[:-1], capture_output=True, text=True, env=env, timeout=300)  # again, without -q
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert 'train_loss' in done.stdout and 'dice_bright' in done.stdout, done.stdout[-2000:]  # fastai's epoch table
+    assert '100.00%' in done.stdout, done.stdout[-2000:]  # and its progress bars
     after = pd.read_csv(history)
     assert list(after.epoch) == [0, 1, 2, 3]
     kept = before[before.epoch < saved]
