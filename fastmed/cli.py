@@ -26,7 +26,8 @@ with warnings.catch_warnings():
     from fastmed.train import train_main, load_ensemble
 
 # %% auto #0
-__all__ = ['expand_inputs', 'output_names', 'predict_one', 'load_predictor', 'predict_command', 'summary_command', 'main']
+__all__ = ['expand_inputs', 'output_names', 'predict_one', 'predict_settings', 'load_predictor', 'predict_command',
+           'summary_command', 'main']
 
 # %% ../nbs/22_cli.ipynb #1a7e9f2c
 def _fastmed_outputs(folder: Path) -> set:
@@ -90,11 +91,11 @@ def output_names(sources) -> list:
 # %% ../nbs/22_cli.ipynb #1a0f3df8
 _INPUT_ERRORS = (MedicalInputError, OSError, EOFError, RuntimeError, ValueError)  # what one bad input may raise
 
-def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool = False) -> dict:
+def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool | list = False) -> dict:
     "Predict `source`, write the mask to `target`; a row: input, output, mL per label (or the error)."
     try:
         mask = predict_volume(model, source, tta=tta)  # the contract's threshold (0.5 for a Learner from a trusted pickle)
-        if keep_largest: mask = keep_largest_component(mask)
+        if keep_largest: mask = keep_largest_component(mask, labels=None if keep_largest is True else list(keep_largest))
         written = save_medical(mask, target)
     except _INPUT_ERRORS as e:
         return {'input': str(source), 'output': None, 'error': str(e).splitlines()[0]}
@@ -113,6 +114,20 @@ def _check_writable(out_dir: Path):
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir): pass
     except OSError as e: raise MedicalInputError(out_dir, f"output folder is not writable ({e.strerror or e})") from e
+
+# %% ../nbs/22_cli.ipynb #4a06510d
+from .plan import load_plan
+from .train import largest_component_labels
+
+def predict_settings(name, # the model argument: a saved model, or a folder written by `fastmed train`
+                     tta: bool | None = None, # `--tta`/`--no-tta`; None: the trained folder's plan, else without
+                     keep_largest: bool = False, # `--keep-largest`: clean every label
+                    ) -> tuple: # (tta, keep_largest: True for every label, else the list of labels to clean)
+    "Flip TTA and largest-component clean-up of `fastmed predict`: as asked, else as a trained folder's plan and CV chose."
+    plan_file = Path(name) / 'plan.json'
+    if not plan_file.is_file(): return bool(tta), bool(keep_largest)
+    planned = bool(load_plan(plan_file).inference.get('tta', False))
+    return planned if tta is None else bool(tta), True if keep_largest else largest_component_labels(name)
 
 # %% ../nbs/22_cli.ipynb #927755f4
 def _check_segmentation(model, name):
@@ -138,7 +153,8 @@ def predict_command(args) -> int:
     model = load_predictor(args.model, allow_pickle=args.allow_pickle)
     _check_segmentation(model, args.model)
     if skipped: print(f"skipped {len(skipped)} file(s) that fastmed predict wrote (e.g. {skipped[0]})")
-    rows = [predict_one(model, src, out_dir / name, args.tta, args.keep_largest)
+    tta, keep_largest = predict_settings(args.model, args.tta, args.keep_largest)
+    rows = [predict_one(model, src, out_dir / name, tta, keep_largest)
             for src, name in progress_bar(list(zip(sources, output_names(sources))), display=not args.quiet)]
     _write_csv(pd.DataFrame(rows), out_dir / 'volumes.csv')
     for r in rows:
@@ -176,8 +192,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('inputs', nargs='+', help='image files, folders of image files, or DICOM series folders')
     p.add_argument('-o', '--output', required=True,
                    help='folder for <name>_pred.nii.gz masks and volumes.csv; apart from the inputs (not one, in one, or holding one)')
-    p.add_argument('--tta', action='store_true', help='flip test-time augmentation')
-    p.add_argument('--keep-largest', action='store_true', help='keep the largest connected component of each label')
+    p.add_argument('--tta', action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (default: as a trained folder's plan says, else without)")
+    p.add_argument('--keep-largest', action='store_true',
+                   help='keep the largest connected component of each label (default for a trained folder: the labels its CV chose)')
     p.add_argument('--allow-pickle', action='store_true', help='load a pickled fastai export (trusted files only)')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
     for name, text in _PLANNED.items(): sub.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own

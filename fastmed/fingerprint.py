@@ -123,6 +123,8 @@ class DatasetCases:
     def __repr__(self): return f"DatasetCases({len(self.table)} cases, layout={self.layout!r}, root={self.root!r})"
 
 # %% ../nbs/19_fingerprint.ipynb #6251d3d8
+from .external import decathlon_tables
+
 def _with_subjects(table: pd.DataFrame, subjects=None) -> pd.DataFrame:
     "`table` with a `subject` column: `subjects` where given, else the case name."
     table = table.copy()
@@ -131,10 +133,14 @@ def _with_subjects(table: pd.DataFrame, subjects=None) -> pd.DataFrame:
 
 def msd_cases(root, # folder holding imagesTr/, labelsTr/ and optionally dataset.json
              ) -> DatasetCases:
-    "The cases of an MSD / nnU-Net raw folder (imagesTr/labelsTr, optional dataset.json)."
+    "The cases of an MSD / nnU-Net raw folder (imagesTr/labelsTr, optional dataset.json), paired by `decathlon_tables`."
     root = Path(root)
     if not (root/'labelsTr').is_dir(): raise MedicalInputError(root, "has imagesTr/ but no labelsTr/: training needs labels")
-    table = pair_cases(_image_files(root/'imagesTr'), _image_files(root/'labelsTr'))
+    pairs = decathlon_tables(root)[0]  # the one home of the MSD/nnU-Net layout rule (file lists, `_0000` channel files)
+    if not len(pairs): raise MedicalInputError(root/'dataset.json', "lists no training cases")
+    table = pd.DataFrame({'case': [split_image_name(l)[0] for l in pairs.label], 'label': list(pairs.label),
+                          'images': [list(i) if isinstance(i, (list, tuple)) else [i] for i in pairs.image]})
+    table = table[['case', 'images', 'label']].sort_values('case', ignore_index=True)
     channels, labels = read_dataset_json(root/'dataset.json') if (root/'dataset.json').is_file() else (None, None)
     per_channel_files = split_image_name(table.images[0][0])[0] != table.case[0]  # `<case>_0000` files, not one 4D file
     if channels is not None and per_channel_files and len(channels) != len(table.images[0]):

@@ -18,8 +18,22 @@ from .core import MedImage, MedMask
 from .utils import size3
 
 # %% auto #0
-__all__ = ['sliding_window_logits', 'SlidingWindow', 'SlidingWindowValidation', 'VolumeSubjects', 'BalancedLabelSampler',
-           'PatchQueue', 'PatchDL', 'PatchDataLoaders', 'patch_dataloaders']
+__all__ = ['pad_to_window', 'sliding_window_logits', 'SlidingWindow', 'SlidingWindowValidation', 'VolumeSubjects',
+           'BalancedLabelSampler', 'PatchQueue', 'PatchDL', 'PatchDataLoaders', 'patch_dataloaders']
+
+# %% ../nbs/12_patches.ipynb #c79eb858
+def pad_to_window(x: torch.Tensor, # batch of volumes (B, C, X, Y, Z)
+                  size, # least spatial size: 3 ints
+                 ) -> tuple: # (padded batch, index of the original voxels in it)
+    "`x` padded to at least `size`, half on each side, with each volume's minimum (the padding of training patches)."
+    shape = tuple(x.shape[2:])
+    short = [max(int(s) - n, 0) for s, n in zip(size, shape)]
+    inside = (slice(None), slice(None), *(slice(s // 2, s // 2 + n) for s, n in zip(short, shape)))
+    if not any(short): return x, inside
+    low = x.amin(dim=tuple(range(1, x.ndim)), keepdim=True)
+    out = low.expand(*x.shape[:2], *(n + s for n, s in zip(shape, short))).clone()
+    out[inside] = x
+    return out, inside
 
 # %% ../nbs/12_patches.ipynb #dd99d066
 def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
@@ -31,8 +45,10 @@ def sliding_window_logits(model, # a network taking (B, C, X, Y, Z) windows
                          ) -> torch.Tensor:
     "`model`'s output over whole volumes `x`, predicted window by window (MONAI `sliding_window_inference`)."
     if not 0 <= overlap < 1: raise MedicalInputError(f"overlap={overlap!r}: expected a fraction in [0, 1)")
-    return sliding_window_inference(x.as_subclass(torch.Tensor), roi_size=size3(roi_size, 'roi_size'),
-                                    sw_batch_size=sw_batch_size, predictor=model, overlap=overlap, mode=mode)
+    roi_size = size3(roi_size, 'roi_size')
+    x, inside = pad_to_window(x.as_subclass(torch.Tensor), roi_size)  # the training patches' padding, not MONAI's zeros
+    return sliding_window_inference(x, roi_size=roi_size, sw_batch_size=sw_batch_size, predictor=model,
+                                    overlap=overlap, mode=mode)[inside]
 
 # %% ../nbs/12_patches.ipynb #a0eb2e72
 class SlidingWindow(nn.Module):
@@ -89,6 +105,8 @@ def _pad_to_patch(subject: tio.Subject, patch_size) -> tio.Subject:
     return tio.Pad([int(v) for s in short for v in (s // 2, s - s // 2)], padding_mode='minimum')(subject)
 
 # %% ../nbs/12_patches.ipynb #f23e9b6c
+from fastai.data.core import Pipeline
+
 class VolumeSubjects(tio.SubjectsDataset):
     "TorchIO subjects read and transformed (as whole volumes) by a fastai training pipeline, padded to the patch size."
     def __init__(self, items, # fastai `Datasets` (or any indexable) of (image source, mask source) samples
@@ -98,7 +116,10 @@ class VolumeSubjects(tio.SubjectsDataset):
         # TorchIO counts patches per epoch from its subject list: one stand-in per volume, never loaded
         stand_in = tio.Subject(image=tio.ScalarImage(tensor=torch.zeros(1, 1, 1, 1)))
         super().__init__([stand_in] * len(items))
-        self.items, self.after_item, self.patch_size = items, after_item, size3(patch_size, 'patch_size')
+        # fastai sets a pipeline's split only while its own DataLoader iterates, which this one never does: a copy
+        # marked as the training split, so that train-only item transforms (augmentations) run on these volumes
+        self.after_item = Pipeline(getattr(after_item, 'fs', after_item), split_idx=0)
+        self.items, self.patch_size = items, size3(patch_size, 'patch_size')
 
     def __getitem__(self, index):
         image, mask = self.after_item(self.items[index])[:2]

@@ -108,6 +108,9 @@ def divisible_patch(spacing, # target spacing, mm
                    ) -> tuple: # (patch size, kernels, strides)
     "The wanted patch rounded up until every axis is divisible by the product of its strides, with its topology."
     patch = [int(p) for p in patch_size]
+    if len(network_topology(spacing, patch, max_stages)[1]) < min(3, max_stages):  # DynUNet needs 3 stages at least:
+        fine = np.asarray(spacing, float) <= 2 * min(spacing)                     # fine axes long enough to halve twice
+        patch = [max(p, 16) if f else p for p, f in zip(patch, fine)]
     for _ in range(10):
         kernels, strides = network_topology(spacing, patch, max_stages)
         factor = np.prod(np.asarray(strides), 0)

@@ -42,10 +42,9 @@ from .plan import (Plan, load_plan, save_plan, plan_to_dict, make_plan, add_plan
 
 # %% auto #0
 __all__ = ['make_spheres_dataset', 'normalization_transforms', 'augmentation_transforms', 'DeepSupervisionLoss', 'plan_loss',
-           'label_metrics', 'preprocess_cases', 'train_patches_augmented', 'EpochHistory', 'lr_curve', 'TimeBudget',
-           'fit_fold', 'dice_per_label', 'evaluate_case', 'evaluate_fold', 'choose_postprocessing', 'cv_table',
-           'train_fold', 'train_plan', 'load_ensemble', 'largest_component_labels', 'predict_trained', 'find_plan',
-           'train_main']
+           'label_metrics', 'preprocess_cases', 'EpochHistory', 'lr_curve', 'TimeBudget', 'fit_fold', 'dice_per_label',
+           'evaluate_case', 'evaluate_fold', 'choose_postprocessing', 'cv_table', 'train_fold', 'train_plan',
+           'load_ensemble', 'largest_component_labels', 'predict_trained', 'find_plan', 'train_main']
 
 # %% ../nbs/21_train.ipynb #f0bad1c5
 def _sphere_case(shape, rng) -> tuple:
@@ -176,16 +175,8 @@ def dataloaders(self: Plan, fold: int, # fold whose validation cases are held ou
                           expected_channels=self.n_channels)
     dls = dblock.dataloaders(cached, bs=self.batch_size, num_workers=0, device=_device(self))
     t = self.training
-    patches = patch_dataloaders(dls, self.patch_size, samples_per_volume=t['samples_per_volume'], pos_fraction=t['pos_fraction'],
-                                bs=self.batch_size, num_workers=num_workers)
-    return train_patches_augmented(patches)
-
-# %% ../nbs/21_train.ipynb #6a3d14c4
-def train_patches_augmented(patches):
-    "Make the patch queue of `patch_dataloaders` apply the train-only item transforms (its own pipeline, training split)."
-    subjects = patches.train.dataset.subjects_dataset
-    subjects.after_item = type(subjects.after_item)(list(subjects.after_item.fs), split_idx=0)
-    return patches
+    return patch_dataloaders(dls, self.patch_size, samples_per_volume=t['samples_per_volume'], pos_fraction=t['pos_fraction'],
+                             bs=self.batch_size, num_workers=num_workers)
 
 # %% ../nbs/21_train.ipynb #605c6a5d
 @patch

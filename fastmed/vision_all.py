@@ -32,5 +32,10 @@ from .export import *
 from .external import *
 from .checkpoint import *
 
+# %% ../nbs/99_vision_all.ipynb #2dfe6390
+from .fingerprint import *
+from .plan import *
+from .train import *
+
 # %% ../nbs/99_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]

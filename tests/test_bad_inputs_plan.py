@@ -53,6 +53,23 @@ def channel_files_differ(d):
     return lambda: find_cases(d/'data')
 
 
+def _as_folders(d):
+    "The nnU-Net set of `_msd` as two plain folders, images/ and labels/."
+    (d/'data'/'imagesTr').rename(d/'data'/'images'); (d/'data'/'labelsTr').rename(d/'data'/'labels')
+
+
+def folders_label_without_image(d):
+    label_without_image(d); _as_folders(d); return lambda: find_cases(d/'data')
+
+
+def folders_image_without_label(d):
+    image_without_label(d); _as_folders(d); return lambda: find_cases(d/'data')
+
+
+def folders_channel_files_differ(d):
+    channel_files_differ(d); _as_folders(d); return lambda: find_cases(d/'data')
+
+
 def channel_count_in_headers_differs(d):
     "MSD style: one 4D file per case, one case with 2 channels among single-channel ones."
     for i, c in enumerate((1, 1, 2)):
@@ -167,9 +184,12 @@ def cli_train_label_without_image(d):
 
 
 CATALOGUE = [
-    Case('label_without_image', 'layout', label_without_image, 'ball_002.nii.gz', 'label without an image'),
-    Case('image_without_label', 'layout', image_without_label, 'ball_001_0000.nii.gz', 'image without a label'),
-    Case('channel_files_differ', 'layout', channel_files_differ, 'ball_001_0000.nii.gz', "channel counts differ between cases"),
+    Case('label_without_image', 'layout', label_without_image, 'labelsTr/ball_002.nii.gz', 'has no image in imagesTr'),
+    Case('image_without_label', 'layout', image_without_label, 'imagesTr/ball_001_0000.nii.gz', 'has no label: labelsTr holds no file named'),
+    Case('channel_files_differ', 'layout', channel_files_differ, 'imagesTr', "case 'ball_001' has 1 channel file, but case 'ball_000' has 2"),
+    Case('folders_label_without_image', 'layout', folders_label_without_image, 'labels/ball_002.nii.gz', 'label without an image'),
+    Case('folders_image_without_label', 'layout', folders_image_without_label, 'images/ball_001_0000.nii.gz', 'image without a label'),
+    Case('folders_channel_files_differ', 'layout', folders_channel_files_differ, 'ball_001_0000.nii.gz', 'channel counts differ between cases'),
     Case('channel_count_in_headers_differs', 'layout', channel_count_in_headers_differs, 'case_2.nii.gz', 'channel counts differ between cases', outputs=('out',)),
     Case('label_not_in_dataset_json', 'layout', label_not_in_dataset_json, 'ball_000.nii.gz', "label(s) [2] that dataset.json does not declare", outputs=('out',)),
     Case('dataset_json_channel_count', 'layout', dataset_json_channel_count, 'dataset.json', 'names 2 channel(s), the cases have 1'),
@@ -186,7 +206,7 @@ CATALOGUE = [
     Case('cli_plan_missing_source', 'cli', cli_plan_missing_source, 'no_such_data', 'does not exist', 2),
     Case('cli_plan_bad_time_budget', 'cli', cli_plan_bad_time_budget, "time budget 'soon'", 'expected a duration', 2),
     Case('cli_train_invalid_plan', 'cli', cli_train_invalid_plan, 'plan.json', 'batch_size: expected a positive integer, got 0', 2, outputs=('plan',)),
-    Case('cli_train_label_without_image', 'cli', cli_train_label_without_image, 'ball_002.nii.gz', 'label without an image', 2),
+    Case('cli_train_label_without_image', 'cli', cli_train_label_without_image, 'ball_002.nii.gz', 'has no image in imagesTr', 2),
 ]
 
 

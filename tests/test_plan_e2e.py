@@ -1,9 +1,10 @@
 """Issue 13 end to end on a tiny synthetic data set (nnU-Net layout: imagesTr/<case>_0000, labelsTr/, dataset.json):
 
 - `fastmed plan` then `fastmed train` (2 folds, 1 epoch each) through their entry points `plan_main`/`train_main`,
-  then prediction with the fold ensemble (`load_ensemble` + `predict_volume`, what `fastmed predict FOLDER` runs);
+  then prediction with the fold ensemble (`load_ensemble` + `predict_volume`; `fastmed predict FOLDER` adds the plan's
+  flip TTA and the post-processing the cross-validation chose);
 - a training process killed with SIGKILL in the middle of a fold resumes from its last epoch when the same command
-  is run again, keeping the epochs it had done.
+  is run again, keeping the epochs it had done; `fastmed plan` and `fastmed train` show progress bars (without -q).
 """
 import contextlib, io, json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
@@ -17,7 +18,8 @@ from fastmed.core import MedImage, MedMask
 from fastmed.inference import predict_volume
 from fastmed.plan import load_plan, plan_main
 from fastmed.cli import main as cli_main
-from fastmed.train import make_spheres_dataset, train_main, load_ensemble, largest_component_labels
+from fastmed.train import make_spheres_dataset, train_main, load_ensemble, largest_component_labels, predict_trained
+from fastmed.postprocess import keep_largest_component
 from fastmed.checkpoint import _read_checkpoint
 
 
@@ -68,11 +70,15 @@ def test_plan_train_predict_two_folds(tmp_path):
     assert _dice(p, t, 1) > 0.5, _dice(p, t, 1)
     assert set(largest_component_labels(run)) <= {1, 2}
 
-    # the same three steps through the `fastmed` command: predict takes the trained folder (the fold ensemble)
+    # the same three steps through the `fastmed` command: predict takes the trained folder (the fold ensemble), with
+    # the plan's flip TTA and the largest-component clean-up of the labels the cross-validation chose it for
     status, out, err = _run(cli_main, 'predict', run, case['images'][0], '-o', tmp_path/'preds', '-q')
     assert (status, err) == (0, ''), err
     cli_pred = MedMask.create(tmp_path/'preds'/pd.read_csv(tmp_path/'preds'/'volumes.csv').output[0])
-    assert torch.equal(cli_pred.as_subclass(torch.Tensor), pred.as_subclass(torch.Tensor))
+    assert plan.inference['tta'] is True
+    planned = keep_largest_component(predict_volume(models, case['images'][0], tta=True), labels=largest_component_labels(run))
+    assert torch.equal(cli_pred.as_subclass(torch.Tensor), planned.as_subclass(torch.Tensor))
+    assert torch.equal(predict_trained(run, case['images'][0]).as_subclass(torch.Tensor), planned.as_subclass(torch.Tensor))
     with pytest.raises(SystemExit) as exit_: _run(cli_main, 'plan', '--help')  # plan's own parser answers
     assert exit_.value.code == 0
 
@@ -88,18 +94,19 @@ SCRIPT = textwrap.dedent('''
 @pytest.mark.skipif(not hasattr(signal, 'SIGKILL'), reason='needs SIGKILL')
 def test_killed_training_resumes(tmp_path):
     data = make_spheres_dataset(tmp_path/'balls', n=4, seed=2)
-    status, _, err = _run(plan_main, data, '-o', tmp_path/'plan', '--folds', '2', '--epochs', '4', '--device', 'cpu',
-                          '--base-filters', '4', '-q')
+    status, out, err = _run(plan_main, data, '-o', tmp_path/'plan', '--folds', '2', '--epochs', '4', '--device', 'cpu',
+                            '--base-filters', '4')
     assert status == 0, err
+    assert '100.00% [4/4' in out, out[:2000]  # the fingerprint's progress bar, one step per case
     (tmp_path/'train.py').write_text(SCRIPT)
     run = tmp_path/'run'
     argv = [sys.executable, str(tmp_path/'train.py'), str(tmp_path/'plan'/'plan.json'), '-o', str(run), '--fold', '0', '-q']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    history = run/'fold_0'/'history.csv'
+    history, checkpoint = run/'fold_0'/'history.csv', run/'fold_0'/'checkpoint.safetensors'
     try:
         t0 = time.time()
-        while not (history.is_file() and len(pd.read_csv(history)) >= 1):  # epoch 0 done: kill inside epoch 1
+        while not checkpoint.is_file():  # epoch 0 done (history, then checkpoint written): kill inside epoch 1
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             assert time.time() - t0 < 180, 'no epoch finished in 180 s'
             time.sleep(0.05)
@@ -113,8 +120,10 @@ def test_killed_training_resumes(tmp_path):
     assert 1 <= saved <= 2 and not (run/'fold_0'/'model.json').exists()
     assert not [p.name for p in (run/'fold_0').iterdir() if p.name.startswith('.')]  # no partial temp files
 
-    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(argv[:-1], capture_output=True, text=True, env=env, timeout=300)  # again, without -q
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert 'train_loss' in done.stdout and 'dice_bright' in done.stdout, done.stdout[-2000:]  # fastai's epoch table
+    assert '100.00%' in done.stdout, done.stdout[-2000:]  # and its progress bars
     after = pd.read_csv(history)
     assert list(after.epoch) == [0, 1, 2, 3]
     kept = before[before.epoch < saved]
