@@ -20,6 +20,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelTrainExcept
 from fastai.callback.schedule import ParamScheduler, combined_cos
 import fastai.callback.progress  # noqa: F401 -- the progress bar and the epoch table a Learner shows
 from fastai.learner import Learner, Metric
+from fastai.torch_core import rank_distrib
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
 from monai.losses import DiceCELoss
@@ -252,7 +253,8 @@ class EpochHistory(Callback):
         row = {'epoch': self.epoch, 'seconds': round(self.offset + time.monotonic() - self.t0, 2)}
         row.update({n: float(v) for n, v in zip(_logged_names(self.recorder), self.recorder.values[-1]) if v is not None})
         self.rows.append(row)
-        with atomic_write(self.path) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
+        if rank_distrib() == 0:  # one writer under DDP
+            with atomic_write(self.path) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
 
 # %% ../nbs/21_train.ipynb #89d49b66
 def _poly(pos: float, lr: float) -> float: return lr * (1 - pos) ** 0.9
