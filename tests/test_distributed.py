@@ -180,3 +180,25 @@ def test_failed_rank_ends_the_run(cases, how, expected):
         launch(failing_worker, 2, cases, how, start_method='fork', timeout=5)
     assert 'the other ranks were stopped' in str(e.value)
     assert time.monotonic() - t0 < 40
+
+
+def test_cli_nproc_and_track(tmp_path):
+    "`fastmed train DATA -o OUT --nproc 2 --track`: one fold trained on 2 ranks, scored, and logged to the local MLflow store."
+    pytest.importorskip('mlflow')
+    from mlflow import MlflowClient
+    from fastmed.train import make_spheres_dataset, train_main
+    from fastmed.tracking import local_store
+    data, out = make_spheres_dataset(tmp_path/'balls', n=6), tmp_path/'run'
+    torch.manual_seed(0)
+    rc = train_main([str(data), '-o', str(out), '--epochs', '1', '--folds', '2', '--fold', '0', '--nproc', '2', '--track',
+                     '-q', '--device', 'cpu'])
+    assert rc == 0
+    assert sorted(p.name for p in (out/'fold_0').iterdir()) == ['checkpoint.safetensors', 'history.csv', 'model.json',
+                                                               'model.safetensors', 'validation.csv']
+    assert (out/'cv_dice.csv').is_file()
+    history = pd.read_csv(out/'fold_0'/'history.csv')
+    client = MlflowClient(local_store(out/'mlruns')[0])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_name for r in runs] == ['fold_0'] and runs[0].info.status == 'FINISHED'
+    np.testing.assert_allclose(runs[0].data.metrics['dice_mean'], history.dice_mean.iloc[-1], rtol=1e-6)
+    assert {f.path for f in client.list_artifacts(runs[0].info.run_id, 'model')} == {'model/model.json', 'model/model.safetensors'}
