@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from fastcore.foundation import L
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
+from fastai.torch_core import rank_distrib
 from .io import MedicalInputError, atomic_write
 from .utils import nonfinite_report
 
@@ -176,4 +177,4 @@ class CheckpointCallback(Callback):
         if bad: raise MedicalInputError(self.path, f"not written: epoch {self.epoch} ended with {', '.join(bad)}; the "
                                         "training diverged (a NaN in the data, or too high a learning rate?) and the "
                                         "previous checkpoint is kept")
-        save_checkpoint(self.learn, self.path, self.epoch + 1, self.n_epoch)
+        if rank_distrib() == 0: save_checkpoint(self.learn, self.path, self.epoch + 1, self.n_epoch)  # one writer under DDP

@@ -20,6 +20,7 @@ from fastai.callback.core import Callback, CancelFitException, CancelTrainExcept
 from fastai.callback.schedule import ParamScheduler, combined_cos
 import fastai.callback.progress  # noqa: F401 -- the progress bar and the epoch table a Learner shows
 from fastai.learner import Learner, Metric
+from fastai.torch_core import rank_distrib
 from .interpret import MedLearner
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.vision.data import ImageBlock
@@ -37,6 +38,9 @@ from .checkpoint import CheckpointCallback
 from .export import build_model, save_model, load_model
 from .inference import predict_volume
 from .postprocess import keep_largest_component
+from .distributed import launch, distributed_ctx, rank_and_world, DistributedError
+from .tracking import MLflowTracking, flatten_params
+import torch.distributed as dist
 from .plan import (Plan, load_plan, save_plan, plan_to_dict, make_plan, add_plan_arguments, plan_from_args,
                           print_plan, default_plan_dir)
 
@@ -44,7 +48,8 @@ from .plan import (Plan, load_plan, save_plan, plan_to_dict, make_plan, add_plan
 __all__ = ['make_spheres_dataset', 'normalization_transforms', 'augmentation_transforms', 'DeepSupervisionLoss', 'plan_loss',
            'label_metrics', 'preprocess_cases', 'EpochHistory', 'lr_curve', 'TimeBudget', 'fit_fold', 'dice_per_label',
            'evaluate_case', 'evaluate_fold', 'choose_postprocessing', 'cv_table', 'train_fold', 'train_plan',
-           'load_ensemble', 'largest_component_labels', 'predict_trained', 'find_plan', 'train_main']
+           'fold_tracking', 'train_plan_distributed', 'load_ensemble', 'largest_component_labels', 'predict_trained',
+           'find_plan', 'train_main']
 
 # %% ../nbs/21_train.ipynb #f0bad1c5
 def _sphere_case(shape, rng) -> tuple:
@@ -223,7 +228,8 @@ class EpochHistory(Callback):
         row = {'epoch': self.epoch, 'seconds': round(self.offset + time.monotonic() - self.t0, 2)}
         row.update({n: float(v) for n, v in zip(_logged_names(self.recorder), self.recorder.values[-1]) if v is not None})
         self.rows.append(row)
-        with atomic_write(self.path) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
+        if rank_distrib() == 0:  # one writer under DDP
+            with atomic_write(self.path) as tmp: pd.DataFrame(self.rows).to_csv(tmp, index=False)
 
 # %% ../nbs/21_train.ipynb #89d49b66
 def _poly(pos: float, lr: float) -> float: return lr * (1 - pos) ** 0.9
@@ -366,12 +372,12 @@ def _start_run(plan: Plan, out_dir: Path):
     else: save_plan(plan, out_dir/'plan.json')
 
 # %% ../nbs/21_train.ipynb #92287552
-def train_fold(plan: Plan, fold: int, out_dir, workers: int = 2, progress: bool = True) -> pd.DataFrame:
+def train_fold(plan: Plan, fold: int, out_dir, workers: int = 2, progress: bool = True, track=None) -> pd.DataFrame:
     "Train (or resume) one fold, save its model, and score it on its validation cases."
     out_dir = Path(out_dir); fold_dir = out_dir/f'fold_{fold}'
     if (fold_dir/'validation.csv').is_file(): return pd.read_csv(fold_dir/'validation.csv')
     if not (fold_dir/'model.json').is_file():
-        learn = plan.learner(plan.dataloaders(fold, out_dir/'cache', workers, progress))
+        learn = plan.learner(plan.dataloaders(fold, out_dir/'cache', workers, progress), cbs=fold_tracking(plan, fold, out_dir, track))
         fit_fold(learn, plan, fold_dir, progress)
         save_model(learn, fold_dir/'model', class_names=list(plan.labels.values()))
     return evaluate_fold(plan, fold, fold_dir/'model', out_dir, progress)
@@ -382,17 +388,54 @@ def train_plan(plan: Plan, # from `load_plan` or `plan_dataset`
                folds=None, # fold numbers to train (default: all)
                workers: int = 2, # threads preprocessing
                progress: bool = True, # progress bars and epoch tables
+               track=None, # MLflow: None (off), 'local' (a store in `out_dir/mlruns`) or a tracking URI
               ) -> pd.DataFrame: # the CV table
     "Train the plan's folds, choose post-processing by cross-validation, write the CV table; resumable."
     out_dir = Path(out_dir)
     _start_run(plan, out_dir)
     folds = list(range(plan.folds['k'])) if folds is None else [int(f) for f in folds]
-    validation = pd.concat([train_fold(plan, f, out_dir, workers, progress) for f in folds], ignore_index=True)
+    validation = pd.concat([train_fold(plan, f, out_dir, workers, progress, track) for f in folds], ignore_index=True)
     keep = choose_postprocessing(validation)
     save_plan(replace(plan, postprocessing=dict(keep_largest=keep, folds=sorted(set(validation.fold)))), out_dir/'plan.json')
     table = cv_table(validation, plan, keep)
     with atomic_write(out_dir/'cv_dice.csv') as tmp: table.to_csv(tmp)
     return table
+
+# %% ../nbs/21_train.ipynb #e3f60f61
+def fold_tracking(plan: Plan, fold: int, out_dir, track=None) -> list:
+    "[MLflowTracking] logging fold `fold` as run 'fold_k' (`track`: 'local', a tracking URI, or None for no tracking)."
+    if track is None: return []
+    params = flatten_params({k: v for k, v in plan_to_dict(plan).items() if k not in ('cases', 'folds')}, 'plan.')
+    return [MLflowTracking(None if track == 'local' else track, experiment=f"fastmed {Path(out_dir).absolute().name}", run_name=f'fold_{fold}',
+                           params={**params, 'fold': fold}, local_dir=Path(out_dir)/'mlruns', class_names=list(plan.labels.values()))]
+
+# %% ../nbs/21_train.ipynb #080a4bbe
+def _train_folds_on_rank(plan: Plan, out_dir: Path, folds: list, workers: int, progress: bool, track):
+    "One rank of `train_plan_distributed`: train (or resume) each fold's model data-parallel; rank 0 saves it."
+    rank = rank_and_world()[0]
+    for fold in folds:
+        fold_dir = out_dir/f'fold_{fold}'
+        if (fold_dir/'model.json').is_file(): continue
+        if rank > 0: dist.barrier()  # rank 0 fills the preprocessing cache first
+        dls = plan.dataloaders(fold, out_dir/'cache', workers, progress and rank == 0)
+        if rank == 0: dist.barrier()
+        learn = plan.learner(dls, cbs=fold_tracking(plan, fold, out_dir, track))
+        with distributed_ctx(learn, seed=fold): fit_fold(learn, plan, fold_dir, progress and rank == 0)
+        if rank == 0: save_model(learn, fold_dir/'model', class_names=list(plan.labels.values()))
+        dist.barrier()
+
+def train_plan_distributed(plan: Plan, out_dir, folds=None, nproc: int = 2, workers: int = 2, progress: bool = True,
+                           track=None) -> pd.DataFrame:
+    "`train_plan` with each fold trained data-parallel on `nproc` local processes (torch.distributed); resumable."
+    if plan.training['time_budget']:
+        raise MedicalInputError('--nproc', "a time-budget plan cannot train on several processes (each rank's clock would "
+                                "end its training at another step): plan with --epochs")
+    out_dir = Path(out_dir)
+    _start_run(plan, out_dir)
+    todo = list(range(plan.folds['k'])) if folds is None else [int(f) for f in folds]
+    method = 'spawn' if torch.cuda.is_available() and torch.cuda.is_initialized() else 'fork'  # CUDA does not survive a fork
+    launch(_train_folds_on_rank, nproc, plan, out_dir, todo, workers, progress, track, start_method=method)
+    return train_plan(plan, out_dir, folds, workers, progress, track)
 
 # %% ../nbs/21_train.ipynb #ffe6e729
 def load_ensemble(folder, # output folder of `train_plan` (holding plan.json and fold_k/model.json)
@@ -426,6 +469,8 @@ def _train_parser() -> argparse.ArgumentParser:
     add_plan_arguments(p)
     p.add_argument('-o', '--output', required=True, help='output folder: models, CV table, plan (run again to resume)')
     p.add_argument('--fold', type=int, nargs='+', help='train only these folds (default: all)')
+    p.add_argument('--nproc', type=int, default=1, help='train each fold data-parallel on N local processes (torch.distributed)')
+    p.add_argument('--track', nargs='?', const='local', metavar='URI', help='log each fold to MLflow: a local store in OUT/mlruns, or the tracking server URI')
     return p
 
 _PLAN_OPTIONS = ('labels', 'folds', 'epochs', 'time_budget', 'device', 'memory_budget', 'base_filters')
@@ -455,12 +500,16 @@ def train_main(argv=None) -> int:
     try:
         plan, where = find_plan(args, out)
         print_plan(plan, f"plan: {where}")
-        table = train_plan(plan, out, args.fold, args.workers, not args.quiet)
+        if args.nproc > 1: table = train_plan_distributed(plan, out, args.fold, args.nproc, args.workers, not args.quiet, args.track)
+        else: table = train_plan(plan, out, args.fold, args.workers, not args.quiet, args.track)
         _print_cv(table)
         print(f"models, CV table (cv_dice.csv) and plan in {out}; predict with: fastmed predict {out} IMAGES -o OUT")
         return 0
     except KeyboardInterrupt:
         print(f"fastmed: interrupted: run the same command again to resume from the last epoch", file=sys.stderr)
+        return 1
+    except DistributedError as e:
+        print(f"fastmed: error: {e}; run the same command again to resume", file=sys.stderr)
         return 1
     except (MedicalInputError, OSError) as e:
         print(f"fastmed: error: {str(e).splitlines()[0]}", file=sys.stderr)
