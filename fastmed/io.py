@@ -27,8 +27,8 @@ from pydicom.errors import InvalidDicomError
 from torchio.data.io import get_ras_affine_from_sitk
 
 # %% auto #0
-__all__ = ['MedicalInputError', 'read_nifti', 'atomic_write', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_channels',
-           'read_volume']
+__all__ = ['MedicalInputError', 'read_nifti', 'atomic_write', 'write_nifti', 'read_itk', 'read_dicom_series', 'read_dicom_slices',
+           'read_channels', 'read_volume']
 
 # %% ../nbs/00_io.ipynb #fe4669f5
 def _worker_message(msg:str) -> str:
@@ -458,6 +458,17 @@ def read_dicom_series(
     _check_series(slices, folder)
     slices = _sort_slices(slices, folder)
     return _finish(_channels_first(_dicom_pixels(slices), folder), _dicom_affine(slices), folder)
+
+# %% ../nbs/00_io.ipynb #4ed70ac7
+def read_dicom_slices(
+    folder, # Folder holding the files of one DICOM series (other files are skipped)
+) -> list: # the series' pydicom datasets, sorted along the slice normal as `read_dicom_series` stacks them
+    "The checked, sorted datasets of a DICOM series folder: slice `k` is plane `k` of `read_dicom_series`'s volume."
+    folder = Path(folder)
+    if not folder.is_dir(): raise MedicalInputError(folder, "does not exist" if not folder.exists() else "is not a folder")
+    slices = _dicom_slices(folder)
+    _check_series(slices, folder)
+    return _sort_slices(slices, folder)
 
 # %% ../nbs/00_io.ipynb #b61735d6
 def _read_one(source, labels:bool=False) -> tuple[torch.Tensor, np.ndarray]:
