@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     from fastmed.inference import predict_volume, _pred_name
     from fastmed.postprocess import keep_largest_component, label_volumes
     from fastmed.export import load_model, MedModel
-    from fastmed.dicomseg import write_dicom_seg
+    from fastmed.dicomseg import segment_spec, write_dicom_seg
     from fastmed.plan import plan_main
     from fastmed.train import train_main, load_ensemble
 
@@ -100,9 +100,10 @@ def save_prediction(mask, # the native-space prediction of `source`
     seg_path = Path(target).with_name(Path(target).name.replace('_pred.nii.gz', '_seg.dcm'))
     return write_dicom_seg(mask, source, seg_path, segments, algorithm)
 
-def _check_format(sources, fmt: str):
-    "Error naming the first source that cannot be written in `fmt` (a DICOM-SEG needs a DICOM series folder)."
+def _check_format(sources, fmt: str, segments=None):
+    "Error naming the first source that cannot be written in `fmt` (a DICOM-SEG needs a DICOM series folder), or bad `segments`."
     if fmt != 'dicom-seg': return
+    segment_spec(segments)  # a bad --segments file is reported once, before any prediction
     for src in sources:
         if not Path(src).is_dir(): raise MedicalInputError(src, "is not a DICOM series folder: --format dicom-seg needs "
                                                                 "DICOM input (a SEG references its source slices); use --format nifti")
@@ -161,7 +162,7 @@ def predict_command(args) -> int:
     _check_apart(out_dir, args.inputs)
     sources, skipped = expand_inputs(args.inputs)
     if not sources: raise MedicalInputError('inputs', f"nothing to predict: the {len(skipped)} file(s) given are masks fastmed predict wrote")
-    _check_format(sources, getattr(args, 'format', 'nifti'))
+    _check_format(sources, getattr(args, 'format', 'nifti'), getattr(args, 'segments', None))
     _check_writable(out_dir)
     model = load_predictor(args.model, allow_pickle=args.allow_pickle)
     _check_segmentation(model, args.model)

@@ -140,3 +140,24 @@ def test_bad_upload_message(browser, app, name, words):
     assert words in status and '\n' not in status, status
     assert not browser.find_elements(By.CSS_SELECTOR, '#fastmed-volumes')
     if name == 'gap': _shot(browser, 'app_bad_upload')
+
+
+def test_fastmed_app_command(tmp_path):
+    "`fastmed app MODEL --port P` (the console entry point) serves the page on 127.0.0.1 until stopped."
+    import subprocess, sys, time
+    model, port = blob_model(tmp_path), _free_port()
+    proc = subprocess.Popen([sys.executable, '-m', 'fastmed.cli', 'app', str(model), '--port', str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(240):
+            assert proc.poll() is None, proc.stdout.read()[-2000:]
+            try:
+                if requests.get(f'http://127.0.0.1:{port}/', timeout=2).ok: break
+            except requests.ConnectionError: time.sleep(0.5)
+        else: pytest.fail('fastmed app did not answer within 2 minutes')
+        assert 'fastmed' in requests.get(f'http://127.0.0.1:{port}/config', timeout=10).text
+    finally:
+        proc.terminate(); out = proc.communicate(timeout=30)[0]
+    assert f'fastmed app: http://127.0.0.1:{port}/' in out, out[-2000:]
+    missing = subprocess.run([sys.executable, '-m', 'fastmed.cli', 'app', str(tmp_path / 'nope.json')], capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count('\n') == 1 and 'nope.json' in missing.stderr, missing.stderr

@@ -19,7 +19,8 @@ from test_dicomseg import GEOMETRIES, blob_model, blob_series
 from fastmed.dicomseg import read_dicom_seg, write_dicom_seg
 from fastmed.export import load_model
 from fastmed.inference import predict_volume
-from fastmed.pacs import pacs_client, pacs_main
+from fastmed.cli import main
+from fastmed.pacs import pacs_client
 
 PLUGIN = Path('/usr/share/orthanc/plugins/libOrthancDicomWeb.so')
 
@@ -83,8 +84,9 @@ def segs_in(orthanc, study: str) -> list:
 
 
 def run_pacs(*argv) -> tuple:
+    "`fastmed pacs ARGV` through the CLI's entry point, in this process: (status, stdout, stderr)."
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): status = pacs_main([str(a) for a in argv])
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): status = main(['pacs', *map(str, argv)])
     return status, out.getvalue(), err.getvalue()
 
 
