@@ -120,6 +120,37 @@ def test_dicom_zip_upload(browser, app):
         assert img.get_attribute('naturalWidth') not in (None, '0') and int(img.get_attribute('naturalHeight')) == 320, plane
     for button in ('download-nifti', 'download-seg'): assert browser.find_element(By.ID, button).is_displayed(), button
     _shot(browser, 'app_dicom')
+    _move_slider(browser, 'axial', 0)                     # the lowest axial slice: below the ball, no colour left
+    assert _colour_pixels(browser, 'axial') == 0
+    _move_slider(browser, 'axial', 7)
+    assert _colour_pixels(browser, 'axial') > 1000
+
+
+def _plane_pixels(browser, plane: str) -> np.ndarray:
+    "The RGB pixels of a plane's picture as the page shows it (fetched from its src)."
+    import io as _io
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    src = browser.find_element(By.CSS_SELECTOR, f'#plane-{plane} img').get_attribute('src')
+    return np.asarray(Image.open(_io.BytesIO(requests.get(src, timeout=10).content)).convert('RGB')).astype(int)
+
+
+def _colour_pixels(browser, plane: str) -> int:
+    "How many pixels of a plane are not grey (i.e. show the mask)."
+    px = _plane_pixels(browser, plane)
+    return int(((px.max(-1) - px.min(-1)) > 10).sum())
+
+
+def _move_slider(browser, plane: str, value: int):
+    "Type `value` into a plane's slider box and wait for the picture to change."
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+    src = lambda: browser.find_element(By.CSS_SELECTOR, f'#plane-{plane} img').get_attribute('src')
+    before = src()
+    box = browser.find_element(By.CSS_SELECTOR, f'#slider-{plane} input[type=number]')
+    box.send_keys(Keys.CONTROL, 'a'); box.send_keys(str(value), Keys.ENTER)
+    WebDriverWait(browser, 60).until(lambda b: src() != before)
 
 
 def test_nifti_upload(browser, app):
