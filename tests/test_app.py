@@ -14,6 +14,8 @@ import requests
 from test_dicomseg import GEOMETRIES, SHAPE, blob_model, blob_series, blob_volume
 from test_docs_site import CHROME_FLAGS, _chromium
 from fastmed.app import launch_app
+from fastmed.core import MedMask
+from fastmed.dicomseg import read_dicom_seg
 from fastmed.export import load_model
 from fastmed.inference import predict_volume
 from fastmed.io import write_nifti
@@ -48,7 +50,8 @@ def app(tmp_path_factory) -> dict:
     files['gap'] = _zip(gap, d / 'gap_series.zip')
     port = _free_port()
     page = launch_app(model, port=port, max_upload_mb=1, block=False, work_dir=d / 'work')  # 1 MB: the uploads here are ~40 kB
-    yield {'url': f'http://127.0.0.1:{port}/', 'model': model, 'files': files, 'port': port}
+    (d / 'downloads').mkdir()
+    yield {'url': f'http://127.0.0.1:{port}/', 'model': model, 'files': files, 'port': port, 'downloads': d / 'downloads'}
     page.close()
 
 
@@ -62,6 +65,7 @@ def browser(app):
     for flag in CHROME_FLAGS: opts.add_argument(flag)
     driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=found[1]))
     driver.set_page_load_timeout(60)
+    driver.execute_cdp_cmd('Browser.setDownloadBehavior', {'behavior': 'allow', 'downloadPath': str(app['downloads'])})
     yield driver
     driver.quit()
 
@@ -120,10 +124,27 @@ def test_dicom_zip_upload(browser, app):
         assert img.get_attribute('naturalWidth') not in (None, '0') and int(img.get_attribute('naturalHeight')) == 320, plane
     for button in ('download-nifti', 'download-seg'): assert browser.find_element(By.ID, button).is_displayed(), button
     _shot(browser, 'app_dicom')
+    mask = predict_volume(app['model'], app['files']['series'])[0].numpy()
+    nifti = _download(browser, 'download-nifti', '_pred.nii.gz', app['downloads'])
+    assert np.array_equal(MedMask.create(nifti)[0].numpy(), mask)                      # the file the button gives
+    seg = _download(browser, 'download-seg', '_seg.dcm', app['downloads'])
+    assert np.array_equal(read_dicom_seg(seg, app['files']['series']), mask)
     _move_slider(browser, 'axial', 0)                     # the lowest axial slice: below the ball, no colour left
     assert _colour_pixels(browser, 'axial') == 0
     _move_slider(browser, 'axial', 7)
     assert _colour_pixels(browser, 'axial') > 1000
+
+
+def _download(browser, button: str, suffix: str, folder: Path) -> Path:
+    "Click a download button; the file it saved into `folder`."
+    import time
+    from selenium.webdriver.common.by import By
+    browser.find_element(By.ID, button).click()
+    for _ in range(120):
+        done = [p for p in folder.iterdir() if p.name.endswith(suffix)]
+        if done: return done[0]
+        time.sleep(0.5)
+    raise AssertionError(f'{button}: no *{suffix} downloaded into {folder}: {list(folder.iterdir())}')
 
 
 def _plane_pixels(browser, plane: str) -> np.ndarray:
