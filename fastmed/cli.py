@@ -22,12 +22,13 @@ with warnings.catch_warnings():
     from fastmed.inference import predict_volume
     from fastmed.postprocess import keep_largest_component, label_volumes
     from fastmed.export import load_model, MedModel
+    from fastmed.dicomseg import segment_spec, write_dicom_seg
     from fastmed.plan import plan_main
     from fastmed.train import train_main, load_ensemble
 
 # %% auto #0
-__all__ = ['expand_inputs', 'output_names', 'predict_one', 'predict_settings', 'load_predictor', 'predict_command',
-           'summary_command', 'main']
+__all__ = ['expand_inputs', 'output_names', 'save_prediction', 'predict_one', 'predict_settings', 'load_predictor',
+           'predict_command', 'summary_command', 'main']
 
 # %% ../nbs/22_cli.ipynb #1a7e9f2c
 def _fastmed_outputs(folder: Path) -> set:
@@ -88,15 +89,37 @@ def output_names(sources) -> list:
         names = [_mask_name(p, d, h) for p, d, h in zip(paths, depth, hashed)]
     return names
 
+# %% ../nbs/22_cli.ipynb #54cbc451
+def save_prediction(mask, # the native-space prediction of `source`
+                    source, # the image file or DICOM folder it was predicted from
+                    target: Path, # `<name>_pred.nii.gz`; a DICOM-SEG goes to `<name>_seg.dcm` beside it
+                    fmt: str = 'nifti', # 'nifti' or 'dicom-seg'
+                    segments=None, # segment descriptions for DICOM-SEG (see `segment_spec`)
+                    algorithm: str = 'fastmed', # model name recorded in a DICOM-SEG
+                   ) -> Path:
+    "Write `mask` as NIfTI, or as a DICOM-SEG referencing the series `source`; the path written."
+    if fmt == 'nifti': return save_medical(mask, target)
+    seg_path = Path(target).with_name(Path(target).name.replace('_pred.nii.gz', '_seg.dcm'))
+    return write_dicom_seg(mask, source, seg_path, segments, algorithm)
+
+def _check_format(sources, fmt: str, segments=None):
+    "Error naming the first source that cannot be written in `fmt` (a DICOM-SEG needs a DICOM series folder), or bad `segments`."
+    if fmt != 'dicom-seg': return
+    segment_spec(segments)  # a bad --segments file is reported once, before any prediction
+    for src in sources:
+        if not Path(src).is_dir(): raise MedicalInputError(src, "is not a DICOM series folder: --format dicom-seg needs "
+                                                                "DICOM input (a SEG references its source slices); use --format nifti")
+
 # %% ../nbs/22_cli.ipynb #1a0f3df8
 _INPUT_ERRORS = (MedicalInputError, OSError, EOFError, RuntimeError, ValueError)  # what one bad input may raise
 
-def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool | list = False) -> dict:
+def predict_one(model, source, target: Path, tta: bool = False, keep_largest: bool | list = False, fmt: str = 'nifti',
+                segments=None, algorithm: str = 'fastmed') -> dict:
     "Predict `source`, write the mask to `target`; a row: input, output, mL per label (or the error)."
     try:
         mask = predict_volume(model, source, tta=tta)  # the contract's threshold (0.5 for a Learner from a trusted pickle)
         if keep_largest: mask = keep_largest_component(mask, labels=None if keep_largest is True else list(keep_largest))
-        written = save_medical(mask, target)
+        written = save_prediction(mask, source, target, fmt, segments, algorithm)
     except _INPUT_ERRORS as e:
         return {'input': str(source), 'output': None, 'error': str(e).splitlines()[0]}
     volumes = {f'ml_{label}': round(ml, 4) for label, ml in sorted(label_volumes(mask).items()) if label != 0}
@@ -129,6 +152,12 @@ def predict_settings(name, # the model argument: a saved model, or a folder writ
     planned = bool(load_plan(plan_file).inference.get('tta', False))
     return planned if tta is None else bool(tta), True if keep_largest else largest_component_labels(name)
 
+# %% ../nbs/22_cli.ipynb #5a385043
+def _format_options(args) -> dict:
+    "The output-format keywords of `predict_one` from parsed `fastmed predict` arguments."
+    return dict(fmt=getattr(args, 'format', 'nifti'), segments=getattr(args, 'segments', None),
+                algorithm=Path(args.model).name.removesuffix('.json').removesuffix('.safetensors'))
+
 # %% ../nbs/22_cli.ipynb #927755f4
 def _check_segmentation(model, name):
     "Error naming the model file unless it is a segmentation model (or a Learner, which has no contract to ask)."
@@ -149,12 +178,13 @@ def predict_command(args) -> int:
     _check_apart(out_dir, args.inputs)
     sources, skipped = expand_inputs(args.inputs)
     if not sources: raise MedicalInputError('inputs', f"nothing to predict: the {len(skipped)} file(s) given are masks fastmed predict wrote")
+    _check_format(sources, getattr(args, 'format', 'nifti'), getattr(args, 'segments', None))
     _check_writable(out_dir)
     model = load_predictor(args.model, allow_pickle=args.allow_pickle)
     _check_segmentation(model, args.model)
     if skipped: print(f"skipped {len(skipped)} file(s) that fastmed predict wrote (e.g. {skipped[0]})")
     tta, keep_largest = predict_settings(args.model, args.tta, args.keep_largest)
-    rows = [predict_one(model, src, out_dir / name, tta, keep_largest)
+    rows = [predict_one(model, src, out_dir / name, tta, keep_largest, **_format_options(args))
             for src, name in progress_bar(list(zip(sources, output_names(sources))), display=not args.quiet)]
     _write_csv(pd.DataFrame(rows), out_dir / 'volumes.csv')
     for r in rows:
@@ -178,6 +208,13 @@ def summary_command(args) -> int:
         if len(ds.failed): print(f"\n{len(ds.failed)} file(s) could not be read:\n" + ds.failed.to_string(index=False))
     return 0 if not len(ds.failed) else 1
 
+# %% ../nbs/22_cli.ipynb #5f8b0237
+def _add_format_options(p: argparse.ArgumentParser):
+    "`--format` and `--segments` of `fastmed predict`."
+    p.add_argument('--format', choices=('nifti', 'dicom-seg'), default='nifti',
+                   help='nifti: <name>_pred.nii.gz (default); dicom-seg: <name>_seg.dcm referencing the DICOM series predicted')
+    p.add_argument('--segments', help='JSON file {label: {name, color, category, type}} naming the DICOM-SEG segments')
+
 # %% ../nbs/22_cli.ipynb #ca64624b
 def _parser() -> argparse.ArgumentParser:
     "The `fastmed` argument parser with its `summary` and `predict` subcommands."
@@ -198,18 +235,28 @@ def _parser() -> argparse.ArgumentParser:
                    help='keep the largest connected component of each label (default for a trained folder: the labels its CV chose)')
     p.add_argument('--allow-pickle', action='store_true', help='load a pickled fastai export (trusted files only)')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
+    _add_format_options(p)
     for name, text in _PLANNED.items(): sub.add_parser(name, help=text, add_help=False)  # listed here, parsed by their own
     return parser
 
 # %% ../nbs/22_cli.ipynb #31c5249a
 _PLANNED = {'plan': 'fingerprint a data set and write plan.json (fastmed plan --help)',
-            'train': 'train the folds of a plan, write models and the CV table (fastmed train --help)'}
+            'train': 'train the folds of a plan, write models and the CV table (fastmed train --help)',
+            'pacs': 'predict a study on a PACS (DICOMweb) and store the DICOM-SEG back (fastmed pacs predict --help)',
+            'app': 'serve a model as a web app in the browser (fastmed app --help)'}
+
+# %% ../nbs/22_cli.ipynb #59461702
+def _subcommand_main(name: str):
+    "The entry point of a subcommand that parses its own arguments."
+    if name == 'pacs': from fastmed.pacs import pacs_main; return pacs_main  # imported on use: dicomweb-client is not needed elsewhere
+    if name == 'app': from fastmed.app import app_main; return app_main  # imported on use: gradio takes seconds to import
+    return {'plan': plan_main, 'train': train_main}[name]
 
 # %% ../nbs/22_cli.ipynb #f26f5afb
 def main(argv=None) -> int:
     "Entry point of the `fastmed` console script; returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _PLANNED: return {'plan': plan_main, 'train': train_main}[argv[0]](argv[1:])
+    if argv and argv[0] in _PLANNED: return _subcommand_main(argv[0])(argv[1:])
     args = _parser().parse_args(argv)
     try: return {'summary': summary_command, 'predict': predict_command}[args.command](args)
     except (MedicalInputError, OSError) as e:  # bad input, or a write that failed (full disk): one line, no traceback

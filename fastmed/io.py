@@ -29,7 +29,8 @@ from torchio.data.io import get_ras_affine_from_sitk
 # %% auto #0
 __all__ = ['NIFTI_SUFFIXES', 'ITK_SUFFIXES', 'IMAGE_SUFFIXES', 'MedicalInputError', 'existing_file', 'read_failure',
            'check_spacing', 'check_affine', 'read_nifti', 'atomic_move', 'atomic_write', 'write_nifti', 'read_itk',
-           'read_dicom_series', 'image_suffix', 'strip_image_suffix', 'read_channels', 'read_volume']
+           'read_dicom_series', 'read_dicom_slices', 'image_suffix', 'strip_image_suffix', 'read_channels',
+           'read_volume']
 
 # %% ../nbs/00_io.ipynb #fe4669f5
 def _worker_message(msg:str) -> str:
@@ -467,6 +468,17 @@ def read_dicom_series(
     _check_series(slices, folder)
     slices = _sort_slices(slices, folder)
     return _finish(_channels_first(_dicom_pixels(slices), folder), _dicom_affine(slices), folder)
+
+# %% ../nbs/00_io.ipynb #4ed70ac7
+def read_dicom_slices(
+    folder, # Folder holding the files of one DICOM series (other files are skipped)
+) -> list: # the series' pydicom datasets, sorted along the slice normal as `read_dicom_series` stacks them
+    "The checked, sorted datasets of a DICOM series folder: slice `k` is plane `k` of `read_dicom_series`'s volume."
+    folder = Path(folder)
+    if not folder.is_dir(): raise MedicalInputError(folder, "does not exist" if not folder.exists() else "is not a folder")
+    slices = _dicom_slices(folder)
+    _check_series(slices, folder)
+    return _sort_slices(slices, folder)
 
 # %% ../nbs/00_io.ipynb #dc063e44
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')  # read by nibabel
