@@ -34,6 +34,7 @@ def click_outside_volume(d): return _correct(d, [Click((3, 3, 3)), Click((3, 40,
 def click_world_far_away(d): return _correct(d, [Click((500., 0., 0.))], patch=8)
 def click_two_coordinates(d): return _correct(d, [((4, 5), True)], patch=8)
 def click_not_a_number(d): return _correct(d, [Click(('a', 1, 2))], patch=8)
+def click_dict_without_point(d): return _correct(d, [{'pt': [1, 2, 3], 'positive': True}], patch=8)
 def unknown_space(d): return _correct(d, [Click((1, 1, 1))], space='pixels', patch=8)
 def patch_zero(d): return _correct(d, [Click((1, 1, 1))], space='voxel', patch=0)
 def patch_fractional(d): return _correct(d, [Click((1, 1, 1))], space='voxel', patch=(8, 8.5, 8))
@@ -64,6 +65,7 @@ CATALOGUE = [
     Case('click_world_far_away', 'inference', click_world_far_away, 'clicks[0]=(500.0, 0.0, 0.0) (world)', 'outside the image'),
     Case('click_two_coordinates', 'inference', click_two_coordinates, 'clicks[0]=(4, 5)', 'expected 3 finite coordinates'),
     Case('click_not_a_number', 'inference', click_not_a_number, "clicks[0]=('a', 1, 2)", 'expected 3 finite coordinates'),
+    Case('click_dict_without_point', 'inference', click_dict_without_point, "clicks[0]={'pt': [1, 2, 3], 'positive': True}", 'expected a Click, (point, positive)'),
     Case('unknown_space', 'inference', unknown_space, "space='pixels'", "expected 'world' or 'voxel'"),
     Case('patch_zero', 'inference', patch_zero, 'patch=0', 'expected a positive whole number of voxels'),
     Case('patch_fractional', 'inference', patch_fractional, 'patch=(8, 8.5, 8)', 'expected a positive whole number of voxels'),
