@@ -174,8 +174,11 @@ def init_distributed(timeout: float = 1800., # seconds a collective operation wa
     return rank_and_world()
 
 # %% ../nbs/27_distributed.ipynb #aec5d845
-def _run_rank(rank: int, fn, world: int, port: int, timeout: float, backend, args):
+def _run_rank(rank: int, fn, world: int, port: int, timeout: float, backend, args, forked: bool = False):
     "Body of one process started by `launch`: join the group, run `fn`, leave the group."
+    # a forked child inherits the parent's OpenMP thread pool without its threads: its first parallel region
+    # would wait forever for them (seen when the parent had trained before forking), so it computes on one thread
+    if forked: torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     init_distributed(timeout, backend)
@@ -193,7 +196,8 @@ def launch(fn, # a picklable function, run on every rank
           ) -> None:
     "Run `fn(*args)` on `nproc` local processes joined in one process group; `DistributedError` if a rank fails."
     if not (isinstance(nproc, int) and nproc >= 1): raise MedicalInputError(f"nproc={nproc!r}", "expected a whole number >= 1")
-    try: mp.start_processes(_run_rank, args=(fn, nproc, free_port(), timeout, backend, args), nprocs=nproc,
+    try: mp.start_processes(_run_rank, args=(fn, nproc, free_port(), timeout, backend, args, start_method == 'fork'),
+                            nprocs=nproc,
                             start_method=start_method)
     except mp.ProcessExitedException as e:
         raise DistributedError(f"rank {e.error_index} of {nproc} died ({_last_line(str(e))}); the other ranks were stopped") from e
