@@ -37,5 +37,11 @@ from .fingerprint import *
 from .plan import *
 from .train import *
 
+# %% ../nbs/99_vision_all.ipynb #b7e1c0a1d2f4
+from .distributed import *
+from .tracking import *
+from .dicomseg import *
+from .correct import *
+
 # %% ../nbs/99_vision_all.ipynb #4cd924e8
 __all__ = [name for name in dir() if not name.startswith('_')]
