@@ -20,10 +20,14 @@ from .postprocess import label_volumes
 from .dicomseg import segment_spec, write_dicom_seg
 from .external import safe_extract
 from .export import load_model
+import torch
+from .correct import Click, correct, correction_unet
+import nibabel as nib
+from nibabel.affines import apply_affine
 
 # %% auto #0
-__all__ = ['upload_source', 'app_predict', 'render_planes', 'volume_table', 'prune_uploads', 'build_app', 'launch_app',
-           'app_main']
+__all__ = ['NO_CORRECTION', 'upload_source', 'app_predict', 'render_planes', 'volume_table', 'plane_voxel', 'click_correct',
+           'load_correction_model', 'prune_uploads', 'build_app', 'launch_app', 'app_main']
 
 # %% ../nbs/25_app.ipynb #36f1df1d
 _IMAGE_SUFFIXES = ('.nii', '.nii.gz', '.nrrd', '.nhdr', '.mha', '.mhd')
@@ -53,12 +57,16 @@ def _label_names(model, labels) -> dict:
     names = (getattr(model, 'contract', None) or {}).get('output', {}).get('class_names') or []
     return {l: str(names[l]) if 0 < l < len(names) else f'label {l}' for l in labels}
 
+def _predicted_labels(model) -> int:
+    "How many labels `model` predicts: its contract's output channels less background, at least 1."
+    return max(int(getattr(model, 'contract', {}).get('output', {}).get('channels', 2)) - 1, 1)
+
 def app_predict(model, # a model from `load_model`
                 path, # the uploaded file (image file or zip of a DICOM series)
                 work_dir, # folder for this upload's files (extracted series, masks to download)
                 max_bytes: int = 2 * 2**30, # most bytes a zip may unpack to
                ) -> dict:
-    "Predict an upload: {'image', 'mask' (RAS display arrays), 'spacing', 'volumes', 'names', 'nifti', 'seg', 'prediction', 'source'}."
+    "Predict an upload: {'image', 'mask' (RAS display arrays), 'spacing', 'volumes', 'names', 'nifti', 'seg', 'prediction', 'source', 'scan', 'clicks'}."
     work_dir = Path(work_dir); source = upload_source(path, work_dir, max_bytes)
     mask = predict_volume(model, source)
     image = MedImage.create(source)
@@ -68,10 +76,11 @@ def app_predict(model, # a model from `load_model`
     img, spacing = ras_view(image[0].numpy(), image.affine)
     msk, _ = ras_view(mask[0].numpy(), mask.affine)
     volumes = label_volumes(mask)
-    n_labels = max(int(getattr(model, 'contract', {}).get('output', {}).get('channels', 2)) - 1, 1, *volumes)
+    n_labels = max(_predicted_labels(model), *volumes)
     return {'image': img, 'mask': msk, 'spacing': spacing, 'volumes': volumes,
             'names': _label_names(model, range(1, n_labels + 1)), 'nifti': nifti, 'seg': seg,
-            'prediction': mask, 'source': source}  # the native-grid mask and its source: what an edit must write back
+            'prediction': mask, 'source': source,  # the native-grid mask and its source: what an edit must write back
+            'scan': image, 'clicks': []}  # the native-grid scan and the clicks so far: what a correction needs
 
 # %% ../nbs/25_app.ipynb #0ef52643
 def _overlay(img: np.ndarray, lbl: np.ndarray, lo: float, hi: float, colours: dict) -> np.ndarray:
@@ -81,6 +90,10 @@ def _overlay(img: np.ndarray, lbl: np.ndarray, lo: float, hi: float, colours: di
         on = lbl == label
         grey[on] = 0.5 * grey[on] + 0.5 * np.array(rgb) / 255
     return (grey * 255).round().astype(np.uint8)
+
+def _picture_width(n_cols: int, n_rows: int, aspect: float, size: int) -> int:
+    "Width in pixels of a plane of `n_cols` x `n_rows` voxels (row/column spacing ratio `aspect`) drawn `size` pixels high."
+    return max(1, round(size * n_cols / (n_rows * aspect)))
 
 def render_planes(state: dict, # from `app_predict`
                   slices=(None, None, None), # indices along R (sagittal), A (coronal), S (axial); None: the middle
@@ -94,7 +107,7 @@ def render_planes(state: dict, # from `app_predict`
         img, aspect = plane_slice(state['image'], state['spacing'], plane, idx)
         lbl, _ = plane_slice(state['mask'], state['spacing'], plane, idx)
         rgb = Image.fromarray(_overlay(img, lbl, lo, hi, colours))
-        width = max(1, round(size * rgb.width / (rgb.height * aspect)))
+        width = _picture_width(rgb.width, rgb.height, aspect, size)
         out.append(np.asarray(rgb.resize((width, size), Image.NEAREST)))
     return out
 
@@ -105,6 +118,61 @@ def volume_table(state: dict) -> str:
                    for l, name in state['names'].items())
     return (f"<table id='fastmed-volumes'><thead><tr><th>label</th><th>name</th><th>volume (mL)</th></tr></thead>"
             f"<tbody>{rows}</tbody></table>")
+
+# %% ../nbs/25_app.ipynb #5ba94b28
+def plane_voxel(state: dict, # from `app_predict`
+                plane: int, # 0 sagittal, 1 coronal, 2 axial
+                slices, # the slices shown (as given to `render_planes`; None: the middle)
+                pixel, # (x, y) of the click in the picture (`gr.SelectData.index`)
+                size: int = 320, # height of the pictures, as given to `render_planes`
+               ) -> tuple: # (i, j, k) voxel index of the source grid
+    "The source-grid voxel shown at `pixel` of the `plane` picture drawn by `render_planes(state, slices, size)`."
+    shape = state['image'].shape
+    col_ax, row_ax = [a for a in range(3) if a != plane]
+    n_cols, n_rows = shape[col_ax], shape[row_ax]
+    width = _picture_width(n_cols, n_rows, state['spacing'][row_ax] / state['spacing'][col_ax], size)
+    col = min(int((pixel[0] + 0.5) * n_cols / width), n_cols - 1)
+    row = min(int((pixel[1] + 0.5) * n_rows / size), n_rows - 1)
+    ras = np.zeros(3, int)
+    ras[plane] = shape[plane] // 2 if slices[plane] is None else int(slices[plane])
+    ras[col_ax], ras[row_ax] = n_cols - 1 - col, n_rows - 1 - row       # plane_slice reversed both axes
+    pred = state['prediction']
+    back = nib.orientations.inv_ornt_aff(nib.orientations.io_orientation(pred.affine), pred.shape[-3:])
+    return tuple(int(round(v)) for v in apply_affine(back, ras))
+
+# %% ../nbs/25_app.ipynb #fc1ef3e3
+def click_correct(state: dict, # from `app_predict` (or an earlier `click_correct`)
+                  correction_model, # correction network (`fastmed.correct.correction_unet`, trained)
+                  voxel, # source-grid voxel clicked (from `plane_voxel`)
+                  positive: bool = True, # True: add to the label there; False: remove it
+                  label: int = 1, # the label to correct
+                  patch: int = 32, # correction window, voxels (what the network was trained on)
+                 ) -> dict:
+    "A new state with label `label` of the mask corrected around `voxel`, its volumes, and the downloads rewritten."
+    click = Click(tuple(int(v) for v in voxel), bool(positive))
+    mask = correct(correction_model, state['scan'], state['prediction'], [click], space='voxel',
+                   history=state['clicks'], patch=patch, label=int(label))
+    save_medical(mask, state['nifti'])
+    if state['seg'] is not None: write_dicom_seg(mask, state['source'], state['seg'], algorithm='fastmed app')
+    return dict(state, prediction=mask, mask=ras_view(mask[0].numpy(), mask.affine)[0], volumes=label_volumes(mask),
+                clicks=[*state['clicks'], click])
+
+# %% ../nbs/25_app.ipynb #6f853f8d
+def load_correction_model(path, # .safetensors file of a `correction_unet` (default layout) state dict
+                         ) -> torch.nn.Module:
+    "The `correction_unet` whose weights `path` holds, in eval mode."
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    path = Path(path)
+    try: weights = load_file(str(path))
+    except (OSError, SafetensorError) as e: raise MedicalInputError(path, f"not a readable safetensors file ({' '.join(str(e).split())[:200]})") from e
+    first = weights.get('model.0.conv.unit0.conv.weight')
+    if first is None or first.ndim != 5 or first.shape[1] < 4:
+        raise MedicalInputError(path, "holds no correction_unet weights (no first convolution with image + 3 input channels)")
+    net = correction_unet(int(first.shape[1]) - 3)
+    try: net.load_state_dict(weights)
+    except RuntimeError as e: raise MedicalInputError(path, f"weights do not fit correction_unet: {' '.join(str(e).split())[:200]}") from e
+    return net.eval()
 
 # %% ../nbs/25_app.ipynb #8bdf59e1
 def _slider_updates(gr, state):
@@ -138,17 +206,47 @@ def _on_upload(model, work_dir: Path, max_bytes: int, gr):
     return handler
 
 # %% ../nbs/25_app.ipynb #3637b287
-def _on_slide(state, *slices) -> list:
-    "The three planes at the sliders' `slices` (nothing before a prediction)."
-    if state is None: return [None] * 3
-    return render_planes(state, [min(max(int(i), 0), n - 1) for i, n in zip(slices, state['image'].shape)])
+def _slices(state, slices) -> list:
+    "The sliders' values as slice indices inside the volume."
+    return [min(max(int(i), 0), n - 1) for i, n in zip(slices, state['image'].shape)]
+
+def _on_slide(plane: int):
+    "The handler of a plane's slider: that plane's picture at the slider's slice (nothing before a prediction)."
+    def handler(state, value):
+        if state is None: return None
+        slices = [None] * 3; slices[plane] = _slices(state, [value] * 3)[plane]
+        return render_planes(state, slices)[plane]
+    return handler
+
+NO_CORRECTION = "no correction model loaded: start the app with --correction-model PATH to correct the mask by clicking"
+
+def _on_click(correction_model, plane: int, gr):
+    "The click handler of a plane: correct the mask at the clicked voxel, then (status, state, three planes, table, two downloads)."
+    def handler(state, sign, label, s0, s1, s2, evt):
+        same = [gr.update()] * 6
+        if state is None: return ['upload a scan first, then click on a plane', state, *same]
+        if correction_model is None: return [NO_CORRECTION, state, *same]
+        if evt.index is None: return ['the click missed the picture', state, *same]
+        slices = _slices(state, (s0, s1, s2))
+        try:
+            voxel = plane_voxel(state, plane, slices, evt.index)
+            state = click_correct(state, correction_model, voxel, sign == 'positive', int(label))
+        except (MedicalInputError, OSError, ValueError, RuntimeError) as e:
+            return [f"error: {str(e).splitlines()[0]}", state, *same]
+        status = f"{sign} click on voxel {voxel} ({state['names'][int(label)]}): " + ', '.join(
+            f"{state['names'][l]} {v:.3f} mL" for l, v in state['volumes'].items())
+        return [status, state, *render_planes(state, slices), volume_table(state), gr.update(value=str(state['nifti'])),
+                gr.update(value=str(state['seg'])) if state['seg'] is not None else gr.update()]
+    handler.__annotations__ = {'evt': gr.SelectData}  # Gradio passes the click (pixel index) to the argument so annotated
+    return handler
 
 # %% ../nbs/25_app.ipynb #23bf6af6
 def build_app(model, # a model from `load_model`
               work_dir=None, # folder for uploads' files (None: a new temporary folder)
               max_upload_mb: float = 512, # most MB a zip may unpack to (the upload itself is limited in `launch_app`)
+              correction_model=None, # correction network for clicks (`load_correction_model`); None: clicks say so
              ):
-    "The Gradio page of `model`: upload, status line, three planes with sliders, volume table, downloads."
+    "The Gradio page of `model`: upload, status line, three clickable planes with sliders, volume table, downloads."
     import gradio as gr  # imported on use: it takes seconds, and only the app needs it
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix='fastmed-app-')); work_dir.mkdir(parents=True, exist_ok=True)
     with gr.Blocks(title='fastmed', analytics_enabled=False) as page:
@@ -160,21 +258,29 @@ def build_app(model, # a model from `load_model`
             planes = [gr.Image(label=n, elem_id=f'plane-{n}', interactive=False, type='numpy') for n in ('sagittal', 'coronal', 'axial')]
         with gr.Row():
             sliders = [gr.Slider(label=f'{n} slice', elem_id=f'slider-{n}', visible=False) for n in ('sagittal', 'coronal', 'axial')]
+        with gr.Row(visible=correction_model is not None):
+            sign = gr.Radio(['positive', 'negative'], value='positive', label='a click on a plane adds (positive) or removes (negative)', elem_id='click-sign')
+            names = _label_names(model, range(1, _predicted_labels(model) + 1))
+            label = gr.Dropdown([(n, l) for l, n in names.items()], value=1, label='label to correct', elem_id='click-label')
         table = gr.HTML(elem_id='volumes')
         with gr.Row():
             nifti = gr.DownloadButton('Download mask (NIfTI)', elem_id='download-nifti', visible=False)
             seg = gr.DownloadButton('Download mask (DICOM-SEG)', elem_id='download-seg', visible=False)
         upload.upload(_on_upload(model, work_dir, int(max_upload_mb * 2**20), gr), upload,
                       [status, state, *planes, *sliders, table, nifti, seg])
-        for s in sliders: s.change(_on_slide, [state, *sliders], planes)  # drag, typed value, or a new upload's middle
+        for i, s in enumerate(sliders):  # drag, typed value, or a new upload's middle; each slider redraws its own plane only,
+            s.change(_on_slide(i), [state, s], planes[i])  # so that a late event cannot redraw another plane with a stale slice
+        for i, p in enumerate(planes):
+            p.select(_on_click(correction_model, i, gr), [state, sign, label, *sliders], [status, state, *planes, table, nifti, seg])
     return page
 
 # %% ../nbs/25_app.ipynb #dfd7a7bb
-def launch_app(model, host: str = '127.0.0.1', port: int = 7860, max_upload_mb: float = 512, block: bool = True, work_dir=None):
-    "Serve `build_app(model)` on `host:port` with an upload size limit; the running page (when `block` is False)."
+def launch_app(model, host: str = '127.0.0.1', port: int = 7860, max_upload_mb: float = 512, block: bool = True, work_dir=None,
+               correction_model=None):
+    "Serve `build_app(model, correction_model=...)` on `host:port` with an upload size limit; the running page (when `block` is False)."
     os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
     work_dir = Path(work_dir or tempfile.mkdtemp(prefix='fastmed-app-'))
-    page = build_app(model, work_dir, max_upload_mb)
+    page = build_app(model, work_dir, max_upload_mb, correction_model)
     page.launch(server_name=host, server_port=port, max_file_size=f'{max_upload_mb}mb', prevent_thread_lock=not block,
                 share=False, ssr_mode=False, quiet=True, show_error=False, allowed_paths=[str(work_dir)])  # the downloads
     return page
@@ -186,10 +292,13 @@ def app_main(argv=None) -> int:
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default 127.0.0.1: this machine only)')
     p.add_argument('--port', type=int, default=7860, help='port (default 7860)')
     p.add_argument('--max-upload-mb', type=float, default=512, help='largest upload, and largest unpacked zip, in MB (default 512)')
+    p.add_argument('--correction-model', help='.safetensors weights of a correction_unet: clicks on the planes correct the mask')
     args = p.parse_args(argv)
-    try: model = load_model(args.model)
+    try:
+        model = load_model(args.model)
+        fixer = load_correction_model(args.correction_model) if args.correction_model else None
     except (MedicalInputError, OSError) as e:
         print(f"fastmed: error: {str(e).splitlines()[0]}", file=sys.stderr); return 2
     print(f"fastmed app: http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    launch_app(model, args.host, args.port, args.max_upload_mb)
+    launch_app(model, args.host, args.port, args.max_upload_mb, correction_model=fixer)
     return 0

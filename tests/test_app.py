@@ -2,7 +2,8 @@
 served on a free 127.0.0.1 port, headless Chromium (Debian's, driven by Selenium as in test_docs_site.py) uploads a
 zipped DICOM series and a NIfTI file, waits for the result, reads the volume table and compares it with
 `label_volumes` on the same prediction, checks the three overlaid planes and the download buttons, saves
-screenshots (_site/screenshots/app_*.png), then uploads bad files and reads their one-line messages.
+screenshots (_site/screenshots/app_*.png), then uploads bad files and reads their one-line messages. The app has a
+correction network (a fixed one that paints a ball around a positive click), so a click on a plane corrects the mask.
 """
 import os, socket, zipfile
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import torch
+from torch import nn
 
 from test_dicomseg import GEOMETRIES, SHAPE, blob_model, blob_series, blob_volume
 from test_docs_site import CHROME_FLAGS, _chromium
-from fastmed.app import launch_app
+from fastmed.app import app_predict, launch_app, plane_voxel
 from fastmed.core import MedMask
 from fastmed.dicomseg import read_dicom_seg
 from fastmed.export import load_model
@@ -22,6 +25,12 @@ from fastmed.io import write_nifti
 from fastmed.postprocess import label_volumes
 
 SHOTS = Path(__file__).resolve().parents[1] / '_site' / 'screenshots'
+
+
+class BallPainter(nn.Module):
+    "Logit = 20 * (mask + 2*positive - 2*negative - 0.5) from the mask and guidance channels (a test fixture, not a model)."
+    def __init__(self): super().__init__(); self.w = nn.Parameter(torch.ones(()))
+    def forward(self, x): return 20 * (x[:, 1:2] + 2 * x[:, 2:3] - 2 * x[:, 3:4] - 0.5) * self.w
 
 
 def _free_port() -> int:
@@ -49,7 +58,8 @@ def app(tmp_path_factory) -> dict:
     gap = blob_series(d / 'gap_series', GEOMETRIES['axial']); (gap / '0007.dcm').unlink()
     files['gap'] = _zip(gap, d / 'gap_series.zip')
     port = _free_port()
-    page = launch_app(model, port=port, max_upload_mb=1, block=False, work_dir=d / 'work')  # 1 MB: the uploads here are ~40 kB
+    page = launch_app(model, port=port, max_upload_mb=1, block=False, work_dir=d / 'work',  # 1 MB: the uploads here are ~40 kB
+                      correction_model=BallPainter())
     (d / 'downloads').mkdir()
     yield {'url': f'http://127.0.0.1:{port}/', 'model': model, 'files': files, 'port': port, 'downloads': d / 'downloads'}
     page.close()
@@ -174,6 +184,42 @@ def _move_slider(browser, plane: str, value: int):
     WebDriverWait(browser, 60).until(lambda b: src() != before)
 
 
+def _click_pixel(browser, plane: str, x: int, y: int):
+    "Click pixel (x, y) of a plane's picture (natural pixels), as the mouse would."
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    img = browser.find_element(By.CSS_SELECTOR, f'#plane-{plane} img')
+    browser.execute_script('arguments[0].scrollIntoView({block: "center"})', img)
+    w, h, nw, nh = browser.execute_script('const r = arguments[0].getBoundingClientRect(); '
+                                          'return [r.width, r.height, arguments[0].naturalWidth, arguments[0].naturalHeight]', img)
+    r = min(w / nw, h / nh, 1)  # Gradio's own pixel arithmetic: the picture is fitted inside the element, centred
+    dx, dy = (w - nw * r) / 2 + (x + 0.5) * r - w / 2, (h - nh * r) / 2 + (y + 0.5) * r - h / 2
+    ActionChains(browser).move_to_element_with_offset(img, round(dx), round(dy)).click().perform()
+
+
+def test_click_corrects_mask(browser, app, tmp_path):
+    "A positive click on a grey spot of the axial plane paints label 1 there: the picture and the volume table change."
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    _upload(browser, app, app['files']['nifti'], 'predicted sagittal.nii.gz')
+    table, px = _table(browser), _plane_pixels(browser, 'axial')
+    x, y = 40, 40
+    grey = (px.max(-1) - px.min(-1)) <= 10
+    assert grey[y - 15:y + 15, x - 15:x + 15].all()                      # far from the blob
+    _click_pixel(browser, 'axial', x, y)
+    status = lambda b: b.find_element(By.CSS_SELECTOR, '#status textarea').get_attribute('value')
+    WebDriverWait(browser, 60).until(lambda b: status(b).startswith(('positive click', 'error', 'no correction')))
+    state = app_predict(app['model'], app['files']['nifti'], tmp_path)
+    near = {plane_voxel(state, 2, (None,) * 3, (x + a, y + b)) for a in (-1, 0, 1) for b in (-1, 0, 1)}
+    assert any(status(browser).startswith(f'positive click on voxel {v} (label 1): ') for v in near), (status(browser), near)
+    after = _plane_pixels(browser, 'axial')
+    assert after[y, x].max() - after[y, x].min() > 10, after[y, x]      # the clicked spot now shows label 1's colour
+    assert _colour_pixels(browser, 'axial') > int((~grey).sum()) + 100
+    new = _table(browser)
+    assert new[1] > table[1] + 0.01 and new[2] == table[2], (table, new)
+    _shot(browser, 'app_click')
+
+
 def test_nifti_upload(browser, app):
     from selenium.webdriver.common.by import By
     _upload(browser, app, app['files']['nifti'], 'predicted sagittal.nii.gz')
@@ -213,3 +259,6 @@ def test_fastmed_app_command(tmp_path):
     assert f'fastmed app: http://127.0.0.1:{port}/' in out, out[-2000:]
     missing = subprocess.run([sys.executable, '-m', 'fastmed.cli', 'app', str(tmp_path / 'nope.json')], capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count('\n') == 1 and 'nope.json' in missing.stderr, missing.stderr
+    bad = subprocess.run([sys.executable, '-m', 'fastmed.cli', 'app', str(model), '--correction-model', str(tmp_path / 'nope.safetensors')],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count('\n') == 1 and 'nope.safetensors' in bad.stderr, bad.stderr
