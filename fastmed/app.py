@@ -268,8 +268,8 @@ def build_app(model, # a model from `load_model`
             seg = gr.DownloadButton('Download mask (DICOM-SEG)', elem_id='download-seg', visible=False)
         upload.upload(_on_upload(model, work_dir, int(max_upload_mb * 2**20), gr), upload,
                       [status, state, *planes, *sliders, table, nifti, seg])
-        for i, s in enumerate(sliders):  # drag, typed value, or a new upload's middle; each slider redraws its own plane only,
-            s.change(_on_slide(i), [state, s], planes[i])  # so that a late event cannot redraw another plane with a stale slice
+        for i, s in enumerate(sliders):  # the user's drag or typed value (not an upload's reset: it drew the planes itself)
+            s.input(_on_slide(i), [state, s], planes[i])  # redraws that plane only: no late event redraws another with a stale slice
         for i, p in enumerate(planes):
             p.select(_on_click(correction_model, i, gr), [state, sign, label, *sliders], [status, state, *planes, table, nifti, seg])
     return page
