@@ -257,14 +257,16 @@ class TimeBudget(Callback):
         done = {int(e): s for e, s in saved.get('seconds', {}).items() if int(e) <= start}
         self.spent = float(done[max(done)]) if start and done else 0.  # a kill after the checkpoint loses one epoch's seconds
         if start and saved.get('done'): raise CancelFitException
-        self.t0, self.validation, self.ran, self.cut = time.monotonic(), 0., False, False
+        self.t0, self.validation, self.longest_validation, self.ran, self.cut = time.monotonic(), 0., 0., False, False
 
     @property
     def seconds(self) -> float: return self.spent + time.monotonic() - self.t0
 
     def before_epoch(self): self.ran = True
     def before_validate(self): self.valid_t0 = time.monotonic()
-    def after_validate(self): self.validation = time.monotonic() - self.valid_t0
+    def after_validate(self):
+        self.validation = time.monotonic() - self.valid_t0
+        self.longest_validation = max(self.longest_validation, self.validation)
 
     def before_batch(self):
         if not self.training: return
